@@ -1,0 +1,40 @@
+//! faultline: streaming detection and root-cause localization of payment failures.
+//!
+//! # Layout
+//!
+//! The modules follow the order data flows through the daemon:
+//!
+//! - [`config`]: settings from a TOML file layered under `FAULTLINE_*` variables.
+//! - [`event`]: the schema v1 event, its validation and the named rejection reasons.
+//! - [`redact`]: the card-data boundary; every stage that lets text out goes through it.
+//! - [`rules`]: rule files (YAML), their validation and the rules shipped in the binary.
+//! - [`ingest`]: sources of events: HTTP, NDJSON files (replay) and the demo generator.
+//! - [`window`]: event-time cells of bucketed counters, the watermark and eviction.
+//! - [`detect`]: baselines, statistical tests, false-alarm control and hysteresis.
+//! - [`localize`]: multi-dimensional root-cause localization (also `faultline rca`).
+//! - [`engine`]: ties window, detect and localize together per rule; pure and synchronous.
+//! - [`incident`]: incident lifecycle: fingerprints, open / update / resolve.
+//! - [`summarize`]: incident summaries (the deterministic template).
+//! - [`notify`]: where incidents go: stdout.
+//! - [`store`]: where incidents are kept: memory.
+//! - [`api`]: the HTTP API (axum).
+//! - [`pipeline`]: the async wiring of the stages for `run`, `demo` and `replay`.
+//! - [`eval`]: labelled scenarios scored against the incidents they produce.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod detect;
+pub mod engine;
+pub mod eval;
+pub mod event;
+pub mod incident;
+pub mod ingest;
+pub mod localize;
+pub mod notify;
+pub mod pipeline;
+pub mod redact;
+pub mod rules;
+pub mod store;
+pub mod summarize;
+pub mod window;

@@ -1,0 +1,2 @@
+//! TODO-module window
+pub const MAX_DIMS: usize = 6;
