@@ -1,1 +1,559 @@
-//! Engine.
+//! The detection engine: windows, baselines, localization and incident lifecycle
+//! for every rule, driven by event time alone.
+//!
+//! The engine is pure and synchronous: events go in ([`Engine::ingest`]), time
+//! advances with them (the watermark is the newest event time minus the allowed
+//! lateness) or explicitly ([`Engine::advance_to`], for a wall-clock timer or the
+//! end of a replay), and incident changes come out. The same engine serves
+//! `replay`, `run` and `demo`, so they agree on what fires.
+//!
+//! Per rule and evaluation step:
+//! 1. every cell's window counts and its expectation (attempts x learned rate, or
+//!    learned volume) become a localizer leaf;
+//! 2. the localizer finds the elements that explain the excess, at the rule's
+//!    false-alarm rate;
+//! 3. the incident manager applies hysteresis and emits changes;
+//! 4. cells outside anything anomalous teach the baseline this step's counts.
+
+use std::collections::BTreeMap;
+
+use crate::detect::{directed_llr, Criteria, Decay, Direction, Ewma};
+use crate::event::Event;
+use crate::incident::{Change, Finding, IncidentManager, RootCause};
+use crate::ingest::dedupe::Dedupe;
+use crate::localize::{localize, Element, Leaf, Limits};
+use crate::rules::{CompiledRule, Detector, RuleSet};
+use crate::window::{Cells, Interner, Key, MAX_DIMS};
+
+/// Engine settings that are not per rule.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How far out of order events may arrive and still count.
+    pub lateness_ms: i64,
+    /// How long an event id is remembered for dedupe (at least the longest window).
+    pub dedupe_horizon_ms: i64,
+    /// Cells kept per rule at most; past it the idlest are evicted first.
+    pub max_cells_per_rule: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            lateness_ms: 30_000,
+            dedupe_horizon_ms: 15 * 60_000,
+            max_cells_per_rule: 2_000_000,
+        }
+    }
+}
+
+/// Why the engine did not count an otherwise valid event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Its id was seen within the dedupe horizon.
+    Duplicate,
+    /// It arrived behind the watermark.
+    Late,
+}
+
+impl Skip {
+    /// Reason string, as in run reports and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skip::Duplicate => "duplicate",
+            Skip::Late => "late",
+        }
+    }
+}
+
+struct RuleState {
+    rule: CompiledRule,
+    cells: Cells,
+    step_ms: i64,
+    decay: Decay,
+    /// Rule-wide rate baseline, the prior for cells with little history.
+    overall: Ewma,
+    first_step: Option<i64>,
+    next_step: Option<i64>,
+    warmup_steps: i64,
+    criteria: Criteria,
+    incidents: IncidentManager,
+}
+
+impl RuleState {
+    fn new(rule: CompiledRule, lateness_ms: i64) -> RuleState {
+        let step_ms = rule.step_ms();
+        let lookahead = (lateness_ms / step_ms) as usize + 2;
+        let t = &rule.rule.thresholds;
+        let criteria = match rule.rule.detector {
+            Detector::Rate => Criteria {
+                direction: Direction::Up,
+                min_volume: t.min_events,
+                min_real: t.min_failures,
+                ratio: t.min_lift,
+                min_rate_delta: t.min_rate_increase,
+                alpha: t.false_alarm_rate,
+            },
+            Detector::VolumeDrop => Criteria {
+                direction: Direction::Down,
+                min_volume: t.min_events,
+                min_real: 0.0,
+                ratio: t.max_volume_ratio,
+                min_rate_delta: 0.0,
+                alpha: t.false_alarm_rate,
+            },
+        };
+        RuleState {
+            cells: Cells::new(rule.window_steps(), lookahead),
+            decay: Decay::new(rule.rule.baseline.horizon.ms() as f64 / step_ms as f64),
+            warmup_steps: rule.rule.baseline.warmup.ms() / step_ms,
+            step_ms,
+            overall: Ewma::default(),
+            first_step: None,
+            next_step: None,
+            criteria,
+            incidents: IncidentManager::default(),
+            rule,
+        }
+    }
+
+    fn volume_rule(&self) -> bool {
+        self.rule.rule.detector == Detector::VolumeDrop
+    }
+}
+
+/// Counters of what the engine did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Events counted.
+    pub accepted: u64,
+    /// Duplicates skipped.
+    pub duplicates: u64,
+    /// Late events skipped.
+    pub late: u64,
+    /// Evaluation steps run (all rules).
+    pub evaluations: u64,
+    /// Cells evicted.
+    pub evicted: u64,
+}
+
+/// The detection engine for a rule set.
+pub struct Engine {
+    rules: Vec<RuleState>,
+    interner: Interner,
+    dedupe: Dedupe,
+    lateness_ms: i64,
+    max_cells: usize,
+    max_ts: i64,
+    /// Earliest step end any rule is waiting for.
+    next_due_ms: i64,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// An engine for `rules`.
+    pub fn new(rules: &RuleSet, opts: &EngineOptions) -> Engine {
+        let longest = rules
+            .rules
+            .iter()
+            .map(|r| r.rule.window.ms())
+            .max()
+            .unwrap_or(0);
+        Engine {
+            rules: rules
+                .rules
+                .iter()
+                .cloned()
+                .map(|r| RuleState::new(r, opts.lateness_ms))
+                .collect(),
+            interner: Interner::default(),
+            dedupe: Dedupe::new(opts.dedupe_horizon_ms.max(longest + opts.lateness_ms)),
+            lateness_ms: opts.lateness_ms,
+            max_cells: opts.max_cells_per_rule.max(1),
+            max_ts: i64::MIN,
+            next_due_ms: i64::MAX,
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// The watermark: newest event time minus the allowed lateness.
+    pub fn watermark(&self) -> i64 {
+        self.max_ts.saturating_sub(self.lateness_ms)
+    }
+
+    /// Cells held across rules.
+    pub fn active_cells(&self) -> usize {
+        self.rules.iter().map(|r| r.cells.len()).sum()
+    }
+
+    /// Incidents open now, across rules.
+    pub fn open_incidents(&self) -> impl Iterator<Item = &crate::incident::Incident> {
+        self.rules.iter().flat_map(|r| r.incidents.open_incidents())
+    }
+
+    /// Counts one validated event, then evaluates every step the watermark passed.
+    pub fn ingest(&mut self, e: &Event, out: &mut Vec<Change>) -> Result<(), Skip> {
+        if e.ts_ms < self.watermark() {
+            self.stats.late += 1;
+            return Err(Skip::Late);
+        }
+        if self.dedupe.check(&e.id, e.ts_ms) {
+            self.stats.duplicates += 1;
+            return Err(Skip::Duplicate);
+        }
+        self.stats.accepted += 1;
+        for rs in &mut self.rules {
+            if !rs.rule.matches(e) {
+                continue;
+            }
+            let mut key: Key = [0; MAX_DIMS];
+            for (i, d) in rs.rule.dims.iter().enumerate() {
+                key[i] = self.interner.intern(d.value(e));
+            }
+            let step = e.ts_ms.div_euclid(rs.step_ms);
+            let failure = rs.rule.is_failure(e);
+            rs.cells.add(key, step, failure);
+            if rs.first_step.is_none() {
+                rs.first_step = Some(step);
+                rs.next_step = Some(step);
+                self.next_due_ms = self.next_due_ms.min((step + 1) * rs.step_ms);
+            }
+        }
+        if e.ts_ms > self.max_ts {
+            self.max_ts = e.ts_ms;
+            if self.watermark() >= self.next_due_ms {
+                self.evaluate_due(self.watermark(), out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the watermark to `watermark_ms` even without events (a silent stream
+    /// still has time passing), evaluating every step it passes.
+    pub fn advance_to(&mut self, watermark_ms: i64, out: &mut Vec<Change>) {
+        let target = watermark_ms.saturating_add(self.lateness_ms);
+        if target > self.max_ts {
+            self.max_ts = target;
+        }
+        if self.watermark() >= self.next_due_ms {
+            self.evaluate_due(self.watermark(), out);
+        }
+    }
+
+    /// Evaluates what is left at the end of a replay: every step up to the newest event.
+    pub fn finish(&mut self, out: &mut Vec<Change>) {
+        if self.max_ts != i64::MIN {
+            self.advance_to(self.max_ts, out);
+        }
+    }
+
+    fn evaluate_due(&mut self, watermark: i64, out: &mut Vec<Change>) {
+        let mut next_due = i64::MAX;
+        for rs in &mut self.rules {
+            let Some(mut s) = rs.next_step else { continue };
+            let last = watermark.div_euclid(rs.step_ms) - 1;
+            // A jump of many steps (a long silence) needs only enough steps to
+            // resolve or open incidents; the rest are empty.
+            let keep = (rs.cells.window_steps as i64 + rs.rule.rule.resolve_after as i64 + 4).max(16);
+            if last - s > 4 * keep {
+                s = last - keep;
+            }
+            while s <= last {
+                evaluate(rs, s, &self.interner, self.max_cells, &mut self.stats, out);
+                s += 1;
+            }
+            rs.next_step = Some(s);
+            next_due = next_due.min((s + 1) * rs.step_ms);
+        }
+        self.next_due_ms = next_due;
+    }
+}
+
+fn dims_map(rs: &RuleState, el: &Element, interner: &Interner) -> BTreeMap<String, String> {
+    rs.rule
+        .dims
+        .iter()
+        .enumerate()
+        .filter(|(d, _)| el.mask & (1 << d) != 0)
+        .map(|(d, dim)| (dim.name(), interner.value(el.key[d]).to_string()))
+        .collect()
+}
+
+fn root_cause(rs: &RuleState, el: &Element, interner: &Interner) -> RootCause {
+    let dims = dims_map(rs, el, interner);
+    if rs.volume_rule() {
+        RootCause {
+            dims,
+            score: el.score,
+            events: el.real.round() as u64,
+            failures: 0,
+            expected_failures: 0.0,
+            failure_rate: 0.0,
+            baseline_rate: 0.0,
+            expected_events: Some(round3(el.predict)),
+        }
+    } else {
+        let rate = |x: f64| if el.volume > 0.0 { x / el.volume } else { 0.0 };
+        RootCause {
+            dims,
+            score: round3(el.score),
+            events: el.volume.round() as u64,
+            failures: el.real.round() as u64,
+            expected_failures: round3(el.predict),
+            failure_rate: round4(rate(el.real)),
+            baseline_rate: round4(rate(el.predict)),
+            expected_events: None,
+        }
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+fn round4(x: f64) -> f64 {
+    (x * 10000.0).round() / 10000.0
+}
+
+/// One evaluation of one rule at step `s` (the window ends with step `s`).
+fn evaluate(
+    rs: &mut RuleState,
+    s: i64,
+    interner: &Interner,
+    max_cells: usize,
+    stats: &mut EngineStats,
+    out: &mut Vec<Change>,
+) {
+    stats.evaluations += 1;
+    let nb = rs.cells.window_steps;
+    let volume_rule = rs.volume_rule();
+    let prior_rate = rs.overall.rate(0.0, 0.0);
+    let prior_events = rs.rule.rule.baseline.prior_events;
+    let warm = rs.first_step.is_some_and(|f| s - f >= rs.warmup_steps);
+
+    // 1. Leaves, with eviction of cells that no longer matter.
+    let mut leaves: Vec<Leaf> = Vec::with_capacity(rs.cells.len());
+    let horizon_steps = (rs.rule.rule.baseline.horizon.ms() / rs.step_ms).max(1);
+    let mut evicted = 0u64;
+    rs.cells.retain(|key, cell| {
+        let w = cell.window(s, nb);
+        let idle = s - cell.head();
+        if volume_rule {
+            let expected = cell.base.mean_volume() * nb as f64;
+            // A flow that used to matter is kept while its absence is news.
+            if w.n == 0 && (expected < 1.0 || idle > 4 * horizon_steps) && idle > nb as i64 {
+                evicted += 1;
+                return false;
+            }
+            let mature = cell.base.weight >= (nb as f64).max(4.0);
+            if mature && expected > 0.0 {
+                leaves.push(Leaf {
+                    key: *key,
+                    real: w.n as f64,
+                    predict: expected,
+                    volume: expected,
+                });
+            }
+        } else {
+            if w.n == 0 && idle > nb as i64 + 1 {
+                evicted += 1;
+                return false;
+            }
+            if w.n > 0 {
+                let p = cell.base.rate(prior_rate, prior_events);
+                leaves.push(Leaf {
+                    key: *key,
+                    real: w.f as f64,
+                    predict: w.n as f64 * p,
+                    volume: w.n as f64,
+                });
+            }
+        }
+        true
+    });
+    stats.evicted += evicted;
+    if rs.cells.len() > max_cells {
+        // Over budget: drop the idlest cells (oldest head) first.
+        let mut heads: Vec<i64> = rs.cells.iter().map(|(_, c)| c.head()).collect();
+        let excess = rs.cells.len() - max_cells;
+        heads.select_nth_unstable(excess);
+        let cutoff = heads[excess];
+        let mut dropped = 0usize;
+        rs.cells.retain(|_, c| {
+            if c.head() < cutoff && dropped < excess {
+                dropped += 1;
+                false
+            } else {
+                true
+            }
+        });
+        stats.evicted += dropped as u64;
+    }
+
+    // 2. Localize, once the baseline has warmed up.
+    let ndims = rs.rule.dims.len();
+    let loc = if warm && !leaves.is_empty() {
+        localize(ndims, &leaves, &rs.criteria, &Limits::default())
+    } else {
+        Default::default()
+    };
+    let to_finding = |el: &Element| Finding {
+        element: el.clone(),
+        cause: root_cause(rs, el, interner),
+    };
+    let causes: Vec<Finding> = loc.causes.iter().map(to_finding).collect();
+    let candidates: Vec<Finding> = loc.candidates.iter().map(to_finding).collect();
+
+    // 3. Incidents.
+    let end_ms = (s + 1) * rs.step_ms;
+    if warm {
+        let criteria = rs.criteria;
+        let threshold = loc.threshold.max(crate::detect::llr_threshold(criteria.alpha, 1));
+        // The manager lives in the rule state that the closure reads: take it out
+        // for the call and put it back.
+        let mut manager = std::mem::take(&mut rs.incidents);
+        let rs_ref: &RuleState = rs;
+        let changes = manager.step(&rs_ref.rule, end_ms, &causes, &candidates, |el| {
+            let (mut r, mut p, mut v) = (0.0, 0.0, 0.0);
+            for l in leaves.iter().filter(|l| el.contains(&l.key)) {
+                r += l.real;
+                p += l.predict;
+                v += l.volume;
+            }
+            let e = Element {
+                real: r,
+                predict: p,
+                volume: v,
+                llr: directed_llr(r, p, criteria.direction),
+                ..el.clone()
+            };
+            let passes = criteria.passes(r, p, v, threshold);
+            (root_cause(rs_ref, &e, interner), passes)
+        });
+        rs.incidents = manager;
+        out.extend(changes);
+    }
+
+    // 4. Baselines learn from this step, except where something is anomalous.
+    let anomalous: Vec<Element> = loc
+        .causes
+        .iter()
+        .cloned()
+        .chain(rs.incidents.open_elements().cloned())
+        .collect();
+    let decay = rs.decay.clone();
+    let (mut tot_n, mut tot_f) = (0.0, 0.0);
+    rs.cells.retain(|key, cell| {
+        if anomalous.iter().any(|el| el.contains(key)) {
+            cell.base.skip(s, &decay);
+        } else {
+            let b = cell.bucket(s);
+            cell.base.update(s, b.n as f64, b.f as f64, &decay);
+            tot_n += b.n as f64;
+            tot_f += b.f as f64;
+        }
+        true
+    });
+    rs.overall.update(s, tot_n, tot_f, &decay);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Outcome;
+    use crate::incident::{Status, Transition};
+    use rand::{Rng, SeedableRng};
+
+    fn ev(id: u64, ts_ms: i64, provider: &str, region: &str, bin: &str, failed: bool) -> Event {
+        Event {
+            id: format!("e{id}"),
+            ts_ms,
+            kind: "auth".into(),
+            outcome: if failed { Outcome::Failure } else { Outcome::Success },
+            provider: provider.into(),
+            region: region.into(),
+            bin: Some(bin.into()),
+            merchant_id: None,
+            card_brand: None,
+            error_code: None,
+            latency_ms: None,
+            message: None,
+            attrs: Default::default(),
+        }
+    }
+
+    /// 40 events/s over 4 providers x 3 regions x 20 BINs at 1% failures, with
+    /// `fault(ts, provider, region, bin) -> Option<failure rate>` applied.
+    fn run(minutes: i64, fault: impl Fn(i64, usize, usize, usize) -> Option<f64>) -> Vec<Change> {
+        let rules = RuleSet::embedded();
+        let mut engine = Engine::new(&rules, &EngineOptions::default());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut out = Vec::new();
+        let mut id = 0;
+        for ms in (0..minutes * 60_000).step_by(25) {
+            id += 1;
+            let (p, r, b) = (rng.gen_range(0..4), rng.gen_range(0..3), rng.gen_range(0..20));
+            let rate = fault(ms, p, r, b).unwrap_or(0.01);
+            let e = ev(id, ms, &format!("p{p}"), &format!("r{r}"), &format!("4000{b:02}"), rng.gen_bool(rate));
+            let _ = engine.ingest(&e, &mut out);
+        }
+        engine.finish(&mut out);
+        out
+    }
+
+    fn opened(changes: &[Change]) -> Vec<&crate::incident::Incident> {
+        changes
+            .iter()
+            .filter_map(|c| match &c.transition {
+                Transition::Opened(i) => Some(i),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn provider_region_outage_is_one_incident_with_its_root_cause() {
+        let start = 40 * 60_000;
+        let end = 50 * 60_000;
+        let changes = run(70, |t, p, r, _| (t >= start && t < end && p == 2 && r == 1).then_some(0.7));
+        let inc = opened(&changes);
+        assert_eq!(inc.len(), 1, "{inc:#?}");
+        let dims: Vec<_> = inc[0].root_causes[0].dims.iter().collect();
+        assert_eq!(dims, vec![(&"provider".to_string(), &"p2".to_string()), (&"region".to_string(), &"r1".to_string())]);
+        let ttd = inc[0].opened_at.timestamp_millis() - start;
+        assert!(ttd <= 60_000, "detected after {ttd} ms");
+        let resolved = changes.iter().any(|c| matches!(&c.transition, Transition::Resolved(i) if i.id == inc[0].id && i.status == Status::Resolved));
+        assert!(resolved);
+    }
+
+    #[test]
+    fn bin_outage_across_providers_is_the_bin() {
+        let start = 40 * 60_000;
+        let end = 50 * 60_000;
+        let changes = run(60, |t, _, _, b| (t >= start && t < end && b == 7).then_some(0.9));
+        let inc = opened(&changes);
+        assert_eq!(inc.len(), 1, "{inc:#?}");
+        assert_eq!(inc[0].root_causes[0].dims.get("bin").map(String::as_str), Some("400007"));
+        assert_eq!(inc[0].root_causes[0].dims.len(), 1);
+    }
+
+    #[test]
+    fn steady_traffic_and_duplicates_open_nothing() {
+        let changes = run(60, |_, _, _, _| None);
+        assert!(opened(&changes).is_empty());
+    }
+
+    #[test]
+    fn duplicates_and_late_events_are_skipped() {
+        let rules = RuleSet::embedded();
+        let mut engine = Engine::new(&rules, &EngineOptions::default());
+        let mut out = Vec::new();
+        assert_eq!(engine.ingest(&ev(1, 100_000, "p", "r", "400000", false), &mut out), Ok(()));
+        assert_eq!(engine.ingest(&ev(1, 100_001, "p", "r", "400000", false), &mut out), Err(Skip::Duplicate));
+        assert_eq!(engine.ingest(&ev(2, 69_999, "p", "r", "400000", false), &mut out), Err(Skip::Late));
+        assert_eq!(engine.ingest(&ev(3, 70_000, "p", "r", "400000", false), &mut out), Ok(()));
+    }
+}

@@ -31,6 +31,7 @@ pub mod event;
 pub mod incident;
 pub mod ingest;
 pub mod localize;
+pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod redact;

@@ -7,7 +7,7 @@
 
 mod lifecycle;
 
-pub use lifecycle::{IncidentManager, Transition};
+pub use lifecycle::{Change, Finding, IncidentManager, Transition};
 
 use std::collections::BTreeMap;
 
