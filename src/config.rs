@@ -1,1 +1,1046 @@
-//! Settings.
+//! Settings: an optional TOML file, then every `FAULTLINE_*` variable of CONTRACT
+//! section 4 on top.
+//!
+//! One struct tree with a default for every field, so an empty file (or none) is
+//! the embedded setup: HTTP ingest, in-memory store, template summaries, stdout.
+//! Every struct denies unknown fields, so a typo is an error that names the key
+//! rather than a silently ignored setting. `faultline.example.toml` documents
+//! every key; a test below keeps it true to this file.
+//!
+//! Secrets (`clickhouse.password`, `llm.api_key`, `slack.token`,
+//! `slack.signing_secret`, API token secrets) are [`SecretString`]s: their `Debug`
+//! prints `[REDACTED]`, and no error message here ever quotes their value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::rules::Dur;
+
+/// Errors loading settings. Each names the key (or variable) that is wrong and
+/// never quotes a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file line {line}: {message}")]
+    Syntax {
+        /// 1-based line of the error.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key (or the variable that set it) has an unusable value.
+    #[error("config `{key}`: {message}")]
+    Invalid {
+        /// The dotted TOML key, or the `FAULTLINE_*` variable when the value came
+        /// from the environment.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every setting of the daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// HTTP listen address, `host:port` (`FAULTLINE_LISTEN`).
+    pub listen: String,
+    /// Rules folder (`FAULTLINE_RULES_DIR`); unset: `rules/` in the working
+    /// directory when present, else the rules built into the binary.
+    pub rules_dir: Option<PathBuf>,
+    /// Log filter in `tracing` syntax, e.g. `info,faultline=debug` (`FAULTLINE_LOG`).
+    pub log: String,
+    /// NATS JetStream ingest.
+    pub nats: NatsSettings,
+    /// ClickHouse storage.
+    pub clickhouse: ClickHouseSettings,
+    /// LLM summaries.
+    pub llm: LlmSettings,
+    /// Slack notifications.
+    pub slack: SlackSettings,
+    /// The HTTP API.
+    pub api: ApiSettings,
+    /// The detection engine.
+    pub engine: EngineSettings,
+    /// The embedded in-memory store.
+    pub store: StoreSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".into(),
+            rules_dir: None,
+            log: "info".into(),
+            nats: NatsSettings::default(),
+            clickhouse: ClickHouseSettings::default(),
+            llm: LlmSettings::default(),
+            slack: SlackSettings::default(),
+            api: ApiSettings::default(),
+            engine: EngineSettings::default(),
+            store: StoreSettings::default(),
+        }
+    }
+}
+
+/// `[nats]`: JetStream ingest. Off (HTTP ingest) while `url` is unset.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    /// Server URL, e.g. `nats://127.0.0.1:4222` (`FAULTLINE_NATS_URL`).
+    pub url: Option<String>,
+    /// JetStream stream, created if missing (`FAULTLINE_NATS_STREAM`).
+    pub stream: String,
+    /// Subjects of the stream (`FAULTLINE_NATS_SUBJECTS`, comma-separated).
+    pub subjects: Vec<String>,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: None,
+            stream: "PAYMENTS".into(),
+            subjects: vec!["payments.>".into()],
+        }
+    }
+}
+
+impl NatsSettings {
+    /// Whether NATS ingest is configured.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
+}
+
+// NATS URLs may carry credentials (`nats://user:pass@host`), so Debug masks them.
+impl fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &self.url.as_deref().map(mask_userinfo))
+            .field("stream", &self.stream)
+            .field("subjects", &self.subjects)
+            .finish()
+    }
+}
+
+/// `scheme://user:pass@host/...` with the user info replaced by `[REDACTED]@`.
+pub fn mask_userinfo(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s + 3 => format!("{}[REDACTED]{}", &url[..s + 3], &url[at..]),
+        (None, Some(_)) => "[REDACTED]".into(),
+        _ => url.to_string(),
+    }
+}
+
+/// `[clickhouse]`: incident and event storage. Off (in-memory store) while `url`
+/// is unset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseSettings {
+    /// HTTP endpoint, e.g. `http://127.0.0.1:8123` (`FAULTLINE_CLICKHOUSE_URL`).
+    /// Credentials go in `user` / `password`, not in the URL.
+    pub url: Option<String>,
+    /// Database, created if missing (`FAULTLINE_CLICKHOUSE_DATABASE`).
+    pub database: String,
+    /// User (`FAULTLINE_CLICKHOUSE_USER`).
+    pub user: String,
+    /// Password (`FAULTLINE_CLICKHOUSE_PASSWORD`).
+    pub password: SecretString,
+}
+
+impl Default for ClickHouseSettings {
+    fn default() -> Self {
+        ClickHouseSettings {
+            url: None,
+            database: "faultline".into(),
+            user: "default".into(),
+            password: SecretString::default(),
+        }
+    }
+}
+
+impl ClickHouseSettings {
+    /// Whether ClickHouse is configured.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
+}
+
+/// `[llm]`: an OpenAI-compatible endpoint for summaries. Off (template
+/// summaries) while `base_url` is unset.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmSettings {
+    /// Base URL ending in `/v1` (`FAULTLINE_LLM_BASE_URL`).
+    pub base_url: Option<String>,
+    /// API key, sent as a bearer token (`FAULTLINE_LLM_API_KEY`); optional for
+    /// endpoints that need none.
+    pub api_key: Option<SecretString>,
+    /// Model name (`FAULTLINE_LLM_MODEL`); required with `base_url`.
+    pub model: Option<String>,
+}
+
+impl LlmSettings {
+    /// Whether LLM summaries are configured.
+    pub fn enabled(&self) -> bool {
+        self.base_url.is_some()
+    }
+}
+
+/// `[slack]`: incident posts. Off (stdout) while `token` is unset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackSettings {
+    /// Bot token, `xoxb-...` (`FAULTLINE_SLACK_TOKEN`).
+    pub token: Option<SecretString>,
+    /// Default channel for rules without `slack_channel`
+    /// (`FAULTLINE_SLACK_CHANNEL`); required with `token`.
+    pub channel: Option<String>,
+    /// Web API base (`FAULTLINE_SLACK_API_URL`).
+    pub api_url: String,
+    /// Verifies interaction requests (`FAULTLINE_SLACK_SIGNING_SECRET`); unset:
+    /// interactions are refused.
+    pub signing_secret: Option<SecretString>,
+}
+
+impl Default for SlackSettings {
+    fn default() -> Self {
+        SlackSettings {
+            token: None,
+            channel: None,
+            api_url: "https://slack.com/api".into(),
+            signing_secret: None,
+        }
+    }
+}
+
+impl SlackSettings {
+    /// Whether Slack posting is configured.
+    pub fn enabled(&self) -> bool {
+        self.token.is_some()
+    }
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Read incidents and silences.
+    Read,
+    /// Acknowledge, resolve, silence; implies `read`.
+    Write,
+    /// Post events to `/v1/events`.
+    Ingest,
+}
+
+impl Scope {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Ingest => "ingest",
+        }
+    }
+
+    /// Whether a token with this scope may use a route that needs `required`.
+    pub fn allows(self, required: Scope) -> bool {
+        self == required || (self == Scope::Write && required == Scope::Read)
+    }
+
+    fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "read" => Some(Scope::Read),
+            "write" => Some(Scope::Write),
+            "ingest" => Some(Scope::Ingest),
+            _ => None,
+        }
+    }
+}
+
+/// One API bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// The name recorded in audit entries and logs (`[A-Za-z0-9_.-]`, up to 64);
+    /// unset: `tokenN`, N its 1-based position. Never derived from the secret, so
+    /// no part of a secret reaches a log line or a stored timeline.
+    #[serde(default)]
+    pub name: String,
+    /// The secret clients send as `Authorization: Bearer SECRET`.
+    pub secret: SecretString,
+    /// What it may do.
+    pub scope: Scope,
+}
+
+/// `[api]`: the HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Bearer tokens (`FAULTLINE_API_TOKENS`: comma-separated `SECRET:SCOPE` or
+    /// `NAME=SECRET:SCOPE`, replacing this list). None: every route but
+    /// `/healthz`, `/readyz` and `/metrics` answers 401.
+    pub tokens: Vec<ApiToken>,
+    /// Largest accepted request body, in bytes; bigger bodies get 413.
+    pub body_limit_bytes: usize,
+    /// Longest a request may take before it is answered 503.
+    pub request_timeout: Dur,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            tokens: Vec::new(),
+            body_limit_bytes: 10 * 1024 * 1024,
+            request_timeout: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `[engine]`: windows, dedupe and the channels between stages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// How far behind the newest event time an event may arrive and still count;
+    /// later events are counted as `late` and dropped.
+    pub allowed_lateness: Dur,
+    /// How long an event id is remembered for dedupe (at least the longest rule
+    /// window).
+    pub dedupe_horizon: Dur,
+    /// Most cells (dimension-value combinations) one rule keeps; past it, the
+    /// least recently seen are evicted.
+    pub max_cells_per_rule: usize,
+    /// Capacity of the channel from ingest to the engine, in events. A full
+    /// channel slows ingest down (backpressure) rather than dropping events.
+    pub event_channel_capacity: usize,
+    /// Capacity of the channel from the engine to summaries, notifiers and the
+    /// store, in incident transitions.
+    pub transition_channel_capacity: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            allowed_lateness: Dur(Duration::from_secs(30)),
+            dedupe_horizon: Dur(Duration::from_secs(15 * 60)),
+            max_cells_per_rule: 2_000_000,
+            event_channel_capacity: 8192,
+            transition_channel_capacity: 1024,
+        }
+    }
+}
+
+/// `[store]`: bounds of the embedded in-memory store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Resolved incidents kept; past it, the longest-resolved are dropped. Open
+    /// incidents are always kept.
+    pub max_resolved_incidents: usize,
+    /// Series points (evaluation steps) kept per incident, newest.
+    pub max_series_points: usize,
+    /// Timeline entries kept per incident: the first, then the newest.
+    pub max_timeline_entries: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            max_resolved_incidents: 10_000,
+            max_series_points: 720,
+            max_timeline_entries: 1_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `path` when given (a missing file is an error), then applies the
+    /// `FAULTLINE_*` environment.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Settings::load_from(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses `toml_text`, then applies the variables `env` returns. An empty
+    /// variable counts as unset.
+    pub fn load_from(
+        toml_text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut settings = parse_toml(toml_text)?;
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let from_env = settings.apply_env(&env)?;
+        settings
+            .name_tokens()
+            .map_err(|e| blame_env(e, &from_env))?;
+        settings.validate().map_err(|e| blame_env(e, &from_env))?;
+        Ok(settings)
+    }
+
+    /// Applies the environment; returns which keys it set, by variable.
+    fn apply_env(
+        &mut self,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<BTreeMap<&'static str, &'static str>, ConfigError> {
+        let mut set = BTreeMap::new();
+        let mut var = |name: &'static str, key: &'static str| {
+            let v = env(name);
+            if v.is_some() {
+                set.insert(key, name);
+            }
+            v
+        };
+        if let Some(v) = var("FAULTLINE_LISTEN", "listen") {
+            self.listen = v;
+        }
+        if let Some(v) = var("FAULTLINE_RULES_DIR", "rules_dir") {
+            self.rules_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = var("FAULTLINE_LOG", "log") {
+            self.log = v;
+        }
+        if let Some(v) = var("FAULTLINE_NATS_URL", "nats.url") {
+            self.nats.url = Some(v);
+        }
+        if let Some(v) = var("FAULTLINE_NATS_STREAM", "nats.stream") {
+            self.nats.stream = v;
+        }
+        if let Some(v) = var("FAULTLINE_NATS_SUBJECTS", "nats.subjects") {
+            self.nats.subjects = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = var("FAULTLINE_CLICKHOUSE_URL", "clickhouse.url") {
+            self.clickhouse.url = Some(v);
+        }
+        if let Some(v) = var("FAULTLINE_CLICKHOUSE_DATABASE", "clickhouse.database") {
+            self.clickhouse.database = v;
+        }
+        if let Some(v) = var("FAULTLINE_CLICKHOUSE_USER", "clickhouse.user") {
+            self.clickhouse.user = v;
+        }
+        if let Some(v) = var("FAULTLINE_CLICKHOUSE_PASSWORD", "clickhouse.password") {
+            self.clickhouse.password = v.into();
+        }
+        if let Some(v) = var("FAULTLINE_LLM_BASE_URL", "llm.base_url") {
+            self.llm.base_url = Some(v);
+        }
+        if let Some(v) = var("FAULTLINE_LLM_API_KEY", "llm.api_key") {
+            self.llm.api_key = Some(v.into());
+        }
+        if let Some(v) = var("FAULTLINE_LLM_MODEL", "llm.model") {
+            self.llm.model = Some(v);
+        }
+        if let Some(v) = var("FAULTLINE_SLACK_TOKEN", "slack.token") {
+            self.slack.token = Some(v.into());
+        }
+        if let Some(v) = var("FAULTLINE_SLACK_CHANNEL", "slack.channel") {
+            self.slack.channel = Some(v);
+        }
+        if let Some(v) = var("FAULTLINE_SLACK_API_URL", "slack.api_url") {
+            self.slack.api_url = v;
+        }
+        if let Some(v) = var("FAULTLINE_SLACK_SIGNING_SECRET", "slack.signing_secret") {
+            self.slack.signing_secret = Some(v.into());
+        }
+        if let Some(v) = var("FAULTLINE_API_TOKENS", "api.tokens") {
+            self.api.tokens = parse_tokens(&v)?;
+        }
+        Ok(set)
+    }
+
+    /// Gives unnamed tokens their positional name and checks names.
+    fn name_tokens(&mut self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.api.tokens.iter_mut().enumerate() {
+            let key = format!("api.tokens[{i}]");
+            if t.name.is_empty() {
+                t.name = format!("token{}", i + 1);
+            } else if !valid_token_name(&t.name) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    "must be 1..64 characters of [A-Za-z0-9_.-]",
+                ));
+            }
+            if t.secret.expose_secret().trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.secret"),
+                    "must not be empty",
+                ));
+            }
+            if !seen.insert(t.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("duplicate token name `{}`", t.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_listen(&self.listen) {
+            return Err(ConfigError::invalid(
+                "listen",
+                format!("`{}` is not host:port", self.listen),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(ConfigError::invalid(
+                "log",
+                format!("not a log filter: {e}"),
+            ));
+        }
+        if let Some(url) = &self.nats.url {
+            if url.trim().is_empty() {
+                return Err(ConfigError::invalid("nats.url", "must not be empty"));
+            }
+        }
+        if self.nats.stream.is_empty()
+            || !self
+                .nats
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                "nats.stream",
+                "must be 1 or more characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if self.nats.subjects.is_empty() || self.nats.subjects.iter().any(|s| s.is_empty()) {
+            return Err(ConfigError::invalid(
+                "nats.subjects",
+                "list at least one non-empty subject",
+            ));
+        }
+        if let Some(url) = &self.clickhouse.url {
+            http_url("clickhouse.url", url)?;
+        }
+        if self.clickhouse.database.is_empty()
+            || !self
+                .clickhouse
+                .database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(ConfigError::invalid(
+                "clickhouse.database",
+                "must be 1 or more characters of [A-Za-z0-9_]",
+            ));
+        }
+        if let Some(url) = &self.llm.base_url {
+            http_url("llm.base_url", url)?;
+            if self.llm.model.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::invalid(
+                    "llm.model",
+                    "required when llm.base_url is set",
+                ));
+            }
+        }
+        http_url("slack.api_url", &self.slack.api_url)?;
+        if self.slack.token.is_some() && self.slack.channel.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::invalid(
+                "slack.channel",
+                "required when slack.token is set",
+            ));
+        }
+        let positive = [
+            ("api.body_limit_bytes", self.api.body_limit_bytes),
+            ("engine.max_cells_per_rule", self.engine.max_cells_per_rule),
+            (
+                "engine.event_channel_capacity",
+                self.engine.event_channel_capacity,
+            ),
+            (
+                "engine.transition_channel_capacity",
+                self.engine.transition_channel_capacity,
+            ),
+            ("store.max_series_points", self.store.max_series_points),
+            (
+                "store.max_timeline_entries",
+                self.store.max_timeline_entries,
+            ),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if self.api.request_timeout.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "api.request_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        if self.engine.dedupe_horizon.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "engine.dedupe_horizon",
+                "must be longer than 0s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Replaces a TOML key by the variable that set it, so the message points at
+/// what the operator actually wrote.
+fn blame_env(e: ConfigError, from_env: &BTreeMap<&'static str, &'static str>) -> ConfigError {
+    match e {
+        ConfigError::Invalid { key, message } => {
+            let var = from_env
+                .iter()
+                .find(|(k, _)| key == **k || key.starts_with(&format!("{k}[")))
+                .map(|(_, v)| *v);
+            match var {
+                Some(var) => ConfigError::Invalid {
+                    key: var.to_string(),
+                    message,
+                },
+                None => ConfigError::Invalid { key, message },
+            }
+        }
+        other => other,
+    }
+}
+
+fn parse_toml(text: &str) -> Result<Settings, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().trim().replace('\n', "; ");
+        let mut key = if path == "." { String::new() } else { path };
+        // Depending on the deserializer, an unknown field is reported at the table
+        // that holds it or at the field itself: name the field either way.
+        if let Some(unknown) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+            .filter(|u| !(key == *u || key.ends_with(&format!(".{u}"))))
+        {
+            key = if key.is_empty() {
+                unknown.to_string()
+            } else {
+                format!("{key}.{unknown}")
+            };
+        }
+        if key.is_empty() {
+            let line = inner
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            // The full error text would quote the offending line, which may
+            // hold a secret; the bare message does not.
+            let message = if message.is_empty() {
+                "invalid TOML (check quoting, `=` and brackets)".to_string()
+            } else {
+                message
+            };
+            return ConfigError::Syntax { line, message };
+        }
+        // A type error quotes the value it found; never quote a secret. (An
+        // unknown-field error quotes only key names, which help.)
+        let message = if is_secret_key(&key) && !message.starts_with("unknown field") {
+            "invalid value (not shown: it is a secret)".to_string()
+        } else {
+            message
+        };
+        ConfigError::Invalid { key, message }
+    })
+}
+
+fn is_secret_key(key: &str) -> bool {
+    ["password", "api_key", "token", "secret"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+/// Parses `FAULTLINE_API_TOKENS`: comma-separated `SECRET:SCOPE` or
+/// `NAME=SECRET:SCOPE`. The scope follows the last `:`, so secrets may hold `:`.
+/// A secret holding `=` (base64 padding is fine as is) needs the `NAME=` form.
+fn parse_tokens(value: &str) -> Result<Vec<ApiToken>, ConfigError> {
+    const VAR: &str = "FAULTLINE_API_TOKENS";
+    let mut tokens = Vec::new();
+    for (i, entry) in value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
+        let n = i + 1;
+        let (lhs, scope) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| ConfigError::invalid(VAR, format!("entry {n} is not SECRET:SCOPE")))?;
+        let scope = Scope::parse(scope.trim()).ok_or_else(|| {
+            ConfigError::invalid(
+                VAR,
+                format!("entry {n}: scope must be read, write or ingest"),
+            )
+        })?;
+        let (name, secret) = match lhs.split_once('=') {
+            // `abc==` is a padded secret, not a name `abc` with secret `=`.
+            Some((name, secret))
+                if valid_token_name(name) && !secret.is_empty() && !secret.starts_with('=') =>
+            {
+                (name.to_string(), secret)
+            }
+            _ => (String::new(), lhs),
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::invalid(
+                VAR,
+                format!("entry {n}: empty secret"),
+            ));
+        }
+        tokens.push(ApiToken {
+            name,
+            secret: secret.to_string().into(),
+            scope,
+        });
+    }
+    Ok(tokens)
+}
+
+fn valid_token_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn valid_listen(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+/// Checks an http(s) URL without quoting it (it might hold credentials).
+fn http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let Some(rest) = rest else {
+        return Err(ConfigError::invalid(
+            key,
+            "must be an http:// or https:// URL",
+        ));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(ConfigError::invalid(key, "has no host"));
+    }
+    if authority.contains('@') {
+        return Err(ConfigError::invalid(
+            key,
+            "must not carry credentials; use the dedicated user / password / key settings",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let s = Settings::load_from("", env_of(&[])).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8080");
+        assert_eq!(s.log, "info");
+        assert!(!s.nats.enabled());
+        assert_eq!(s.nats.stream, "PAYMENTS");
+        assert_eq!(s.nats.subjects, vec!["payments.>".to_string()]);
+        assert!(!s.clickhouse.enabled());
+        assert_eq!(s.clickhouse.database, "faultline");
+        assert_eq!(s.clickhouse.user, "default");
+        assert_eq!(s.clickhouse.password.expose_secret(), "");
+        assert!(!s.llm.enabled());
+        assert!(!s.slack.enabled());
+        assert_eq!(s.slack.api_url, "https://slack.com/api");
+        assert!(s.api.tokens.is_empty());
+        assert_eq!(s.api.body_limit_bytes, 10 * 1024 * 1024);
+        assert_eq!(s.api.request_timeout.0, Duration::from_secs(10));
+        assert_eq!(s.engine.allowed_lateness.0, Duration::from_secs(30));
+        assert_eq!(s.engine.dedupe_horizon.0, Duration::from_secs(900));
+        assert_eq!(s.engine.max_cells_per_rule, 2_000_000);
+        assert_eq!(s.store.max_series_points, 720);
+    }
+
+    #[test]
+    fn every_contract_variable_overrides_the_file() {
+        let file = r#"
+            listen = "0.0.0.0:9000"
+            [clickhouse]
+            url = "http://file:8123"
+            user = "file"
+        "#;
+        let env = env_of(&[
+            ("FAULTLINE_NATS_URL", "nats://n:4222"),
+            ("FAULTLINE_NATS_STREAM", "PAY"),
+            ("FAULTLINE_NATS_SUBJECTS", "a.>, b.*"),
+            ("FAULTLINE_CLICKHOUSE_URL", "http://ch:8123"),
+            ("FAULTLINE_CLICKHOUSE_DATABASE", "fl"),
+            ("FAULTLINE_CLICKHOUSE_USER", "u"),
+            ("FAULTLINE_CLICKHOUSE_PASSWORD", "chpass"),
+            ("FAULTLINE_LLM_BASE_URL", "http://llm/v1"),
+            ("FAULTLINE_LLM_API_KEY", "sk-llm"),
+            ("FAULTLINE_LLM_MODEL", "m1"),
+            ("FAULTLINE_SLACK_TOKEN", "xoxb-1"),
+            ("FAULTLINE_SLACK_CHANNEL", "#inc"),
+            ("FAULTLINE_SLACK_API_URL", "http://slack.local/api"),
+            ("FAULTLINE_SLACK_SIGNING_SECRET", "sign"),
+            ("FAULTLINE_LISTEN", "127.0.0.1:0"),
+            ("FAULTLINE_API_TOKENS", "r3ad:read, ci=in:ge:st:ingest,"),
+            ("FAULTLINE_RULES_DIR", "/etc/rules"),
+            ("FAULTLINE_LOG", "debug"),
+        ]);
+        let s = Settings::load_from(file, env).unwrap();
+        assert_eq!(s.nats.url.as_deref(), Some("nats://n:4222"));
+        assert_eq!(s.nats.stream, "PAY");
+        assert_eq!(s.nats.subjects, vec!["a.>".to_string(), "b.*".to_string()]);
+        assert_eq!(s.clickhouse.url.as_deref(), Some("http://ch:8123"));
+        assert_eq!(s.clickhouse.database, "fl");
+        assert_eq!(s.clickhouse.user, "u");
+        assert_eq!(s.clickhouse.password.expose_secret(), "chpass");
+        assert_eq!(s.llm.base_url.as_deref(), Some("http://llm/v1"));
+        assert_eq!(s.llm.api_key.as_ref().unwrap().expose_secret(), "sk-llm");
+        assert_eq!(s.llm.model.as_deref(), Some("m1"));
+        assert_eq!(s.slack.token.as_ref().unwrap().expose_secret(), "xoxb-1");
+        assert_eq!(s.slack.channel.as_deref(), Some("#inc"));
+        assert_eq!(s.slack.api_url, "http://slack.local/api");
+        assert_eq!(
+            s.slack.signing_secret.as_ref().unwrap().expose_secret(),
+            "sign"
+        );
+        assert_eq!(s.listen, "127.0.0.1:0");
+        assert_eq!(s.rules_dir, Some(PathBuf::from("/etc/rules")));
+        assert_eq!(s.log, "debug");
+        assert_eq!(s.api.tokens.len(), 2);
+        assert_eq!(s.api.tokens[0].name, "token1");
+        assert_eq!(s.api.tokens[0].secret.expose_secret(), "r3ad");
+        assert_eq!(s.api.tokens[0].scope, Scope::Read);
+        assert_eq!(s.api.tokens[1].name, "ci");
+        assert_eq!(s.api.tokens[1].secret.expose_secret(), "in:ge:st");
+        assert_eq!(s.api.tokens[1].scope, Scope::Ingest);
+    }
+
+    #[test]
+    fn padded_secrets_are_not_names() {
+        let t = parse_tokens("abc==:read,abc=:write,n=x=y:ingest").unwrap();
+        assert_eq!(t[0].secret.expose_secret(), "abc==");
+        assert_eq!(t[1].secret.expose_secret(), "abc=");
+        assert_eq!(t[2].name, "n");
+        assert_eq!(t[2].secret.expose_secret(), "x=y");
+    }
+
+    #[test]
+    fn errors_name_the_key_or_variable_and_hide_secrets() {
+        let err = |toml: &str, env: &[(&str, &str)]| {
+            Settings::load_from(toml, env_of(env))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[engine]\nallowed_latenes = \"30s\"\n", &[]);
+        assert!(e.contains("engine.allowed_latenes"), "{e}");
+        let e = err("[engine]\nallowed_lateness = \"soon\"\n", &[]);
+        assert!(e.contains("engine.allowed_lateness"), "{e}");
+        let e = err("[api]\nbody_limit_bytes = 0\n", &[]);
+        assert!(e.contains("api.body_limit_bytes"), "{e}");
+        let e = err("", &[("FAULTLINE_LISTEN", "nope")]);
+        assert!(e.contains("FAULTLINE_LISTEN"), "{e}");
+        let e = err("", &[("FAULTLINE_API_TOKENS", "hunter2hunter2:admin")]);
+        assert!(
+            e.contains("FAULTLINE_API_TOKENS") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = err("[clickhouse]\npassword = 123456789\n", &[]);
+        assert!(
+            e.contains("clickhouse.password") && !e.contains("123456789"),
+            "{e}"
+        );
+        let e = err(
+            "[[api.tokens]]\nsecret = \"s\"\nscope = \"read\"\nnmae = \"x\"\n",
+            &[],
+        );
+        assert!(
+            e.contains("`api.tokens[0].nmae`") && e.contains("unknown field"),
+            "{e}"
+        );
+        let e = err(
+            "[[api.tokens]]\nsecret = 987654321\nscope = \"read\"\n",
+            &[],
+        );
+        assert!(
+            e.contains("api.tokens[0].secret") && !e.contains("987654321"),
+            "{e}"
+        );
+        let e = err(
+            "",
+            &[("FAULTLINE_CLICKHOUSE_URL", "http://u:pw123@ch:8123")],
+        );
+        assert!(
+            e.contains("FAULTLINE_CLICKHOUSE_URL") && !e.contains("pw123"),
+            "{e}"
+        );
+        let e = err("", &[("FAULTLINE_LLM_BASE_URL", "http://llm/v1")]);
+        assert!(e.contains("llm.model"), "{e}");
+        let e = err("", &[("FAULTLINE_SLACK_TOKEN", "xoxb-1")]);
+        assert!(e.contains("slack.channel") && !e.contains("xoxb"), "{e}");
+        let e = err("listen = ", &[]);
+        assert!(e.contains("line 1"), "{e}");
+        let e = err("", &[("FAULTLINE_LOG", "info,[[[")]);
+        assert!(e.contains("FAULTLINE_LOG"), "{e}");
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset() {
+        let s = Settings::load_from("", env_of(&[("FAULTLINE_NATS_URL", "")])).unwrap();
+        assert!(!s.nats.enabled());
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let env = env_of(&[
+            ("FAULTLINE_NATS_URL", "nats://natsuser:natspw@n:4222"),
+            ("FAULTLINE_CLICKHOUSE_PASSWORD", "chpass-xyz"),
+            ("FAULTLINE_LLM_BASE_URL", "http://llm/v1"),
+            ("FAULTLINE_LLM_MODEL", "m"),
+            ("FAULTLINE_LLM_API_KEY", "sk-llm-xyz"),
+            ("FAULTLINE_SLACK_TOKEN", "xoxb-xyz"),
+            ("FAULTLINE_SLACK_CHANNEL", "#c"),
+            ("FAULTLINE_SLACK_SIGNING_SECRET", "sign-xyz"),
+            ("FAULTLINE_API_TOKENS", "tok-xyz:read"),
+        ]);
+        let s = Settings::load_from("", env).unwrap();
+        let dbg = format!("{s:?}");
+        for secret in [
+            "natspw",
+            "chpass-xyz",
+            "sk-llm-xyz",
+            "xoxb-xyz",
+            "sign-xyz",
+            "tok-xyz",
+        ] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
+        assert!(dbg.contains("nats://[REDACTED]@n:4222"), "{dbg}");
+    }
+
+    #[test]
+    fn toml_tokens_get_names() {
+        let file = r#"
+            [[api.tokens]]
+            secret = "a"
+            scope = "read"
+            [[api.tokens]]
+            name = "ops"
+            secret = "b"
+            scope = "write"
+        "#;
+        let s = Settings::load_from(file, env_of(&[])).unwrap();
+        assert_eq!(s.api.tokens[0].name, "token1");
+        assert_eq!(s.api.tokens[1].name, "ops");
+        assert!(Scope::Write.allows(Scope::Read));
+        assert!(!Scope::Read.allows(Scope::Write));
+        assert!(!Scope::Write.allows(Scope::Ingest));
+        assert!(!Scope::Ingest.allows(Scope::Read));
+    }
+
+    const EXAMPLE: &str = include_str!("../faultline.example.toml");
+
+    #[test]
+    fn example_file_parses_and_states_the_defaults() {
+        let s = Settings::load_from(EXAMPLE, env_of(&[])).unwrap();
+        let d = Settings::default();
+        assert_eq!(s.listen, d.listen);
+        assert_eq!(s.log, d.log);
+        assert_eq!(s.nats.stream, d.nats.stream);
+        assert_eq!(s.nats.subjects, d.nats.subjects);
+        assert_eq!(s.clickhouse.database, d.clickhouse.database);
+        assert_eq!(s.clickhouse.user, d.clickhouse.user);
+        assert_eq!(s.slack.api_url, d.slack.api_url);
+        assert_eq!(s.api.body_limit_bytes, d.api.body_limit_bytes);
+        assert_eq!(s.api.request_timeout, d.api.request_timeout);
+        assert_eq!(s.engine.allowed_lateness, d.engine.allowed_lateness);
+        assert_eq!(s.engine.dedupe_horizon, d.engine.dedupe_horizon);
+        assert_eq!(s.engine.max_cells_per_rule, d.engine.max_cells_per_rule);
+        assert_eq!(
+            s.engine.event_channel_capacity,
+            d.engine.event_channel_capacity
+        );
+        assert_eq!(
+            s.engine.transition_channel_capacity,
+            d.engine.transition_channel_capacity
+        );
+        assert_eq!(
+            s.store.max_resolved_incidents,
+            d.store.max_resolved_incidents
+        );
+        assert_eq!(s.store.max_series_points, d.store.max_series_points);
+        assert_eq!(s.store.max_timeline_entries, d.store.max_timeline_entries);
+        assert!(!s.nats.enabled() && !s.clickhouse.enabled() && !s.llm.enabled());
+        assert!(!s.slack.enabled() && s.api.tokens.is_empty());
+    }
+
+    /// Keys shown commented out (`#key = ...`, no space after `#`) must be real
+    /// keys with usable values: uncommented, the file still loads.
+    #[test]
+    fn example_file_commented_keys_are_real() {
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(uncommented, EXAMPLE, "the example shows optional keys");
+        let s = Settings::load_from(&uncommented, env_of(&[])).unwrap();
+        assert!(s.nats.enabled() && s.clickhouse.enabled() && s.llm.enabled());
+        assert!(s.slack.enabled() && !s.api.tokens.is_empty());
+    }
+}

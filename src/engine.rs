@@ -288,7 +288,7 @@ fn root_cause(rs: &RuleState, el: &Element, interner: &Interner) -> RootCause {
     if rs.volume_rule() {
         RootCause {
             dims,
-            score: el.score,
+            score: round3(el.score),
             events: el.real.round() as u64,
             failures: 0,
             expected_failures: 0.0,
@@ -339,7 +339,7 @@ fn evaluate(
     let horizon_steps = (rs.rule.rule.baseline.horizon.ms() / rs.step_ms).max(1);
     let mut evicted = 0u64;
     rs.cells.retain(|key, cell| {
-        let w = cell.window(s, nb);
+        let w = cell.window_at(s, nb);
         let idle = s - cell.head();
         if volume_rule {
             let expected = cell.base.mean_volume() * nb as f64;

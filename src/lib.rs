@@ -18,12 +18,17 @@
 //! - [`notify`]: where incidents go: stdout.
 //! - [`store`]: where incidents are kept: memory.
 //! - [`api`]: the HTTP API (axum).
+//! - [`app`]: building and running the daemon (`run`, `demo`).
+//! - [`metrics`]: counters and gauges, rendered for Prometheus.
 //! - [`pipeline`]: the async wiring of the stages for `run`, `demo` and `replay`.
+//! - [`demo`]: `faultline demo`, the pipeline on generated traffic in accelerated time.
 //! - [`eval`]: labelled scenarios scored against the incidents they produce.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod app;
 pub mod config;
+pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod eval;

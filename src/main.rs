@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use faultline::config::Settings;
 use faultline::rules::RuleSet;
 
 #[derive(Parser)]
@@ -16,6 +17,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The daemon: HTTP ingest, detection, incidents (integrations when configured).
+    Run {
+        /// TOML settings file (FAULTLINE_* variables override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Rules folder (default: ./rules, else the built-in rules).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// The whole pipeline on built-in realistic traffic with injected faults, in
+    /// accelerated time; API and pages on 127.0.0.1:8080.
+    Demo {
+        /// Stop after this long (e.g. 2m); default: run until Ctrl-C.
+        #[arg(long)]
+        duration: Option<String>,
+        /// Event-time seconds per wall-clock second once warm.
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// Traffic seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Mean events per second of event time.
+        #[arg(long, default_value_t = 150.0)]
+        rate: f64,
+        /// TOML settings file (FAULTLINE_* variables override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Replays an NDJSON file through the rules in event time and prints the incidents.
     Replay {
         /// NDJSON events file, `-` for stdin.
@@ -63,9 +92,88 @@ fn load_rules(dir: Option<PathBuf>) -> Result<RuleSet, String> {
     }
 }
 
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout carries incidents.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_settings(path: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
+    Settings::load(path).map_err(|e| {
+        eprintln!("faultline: settings: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config, rules } => {
+            let settings = match load_settings(config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            init_logging(&settings.log);
+            let rules = match load_rules(rules.or_else(|| settings.rules_dir.clone())) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("faultline run: rules: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime().block_on(async {
+                match faultline::app::App::build(&settings, rules, faultline::pipeline::Clock::Wall).await {
+                    Ok(app) => {
+                        tracing::info!(addr = %app.addr(), "listening");
+                        match app.run_until(faultline::app::shutdown_signal()).await {
+                            Ok(()) => ExitCode::SUCCESS,
+                            Err(e) => {
+                                eprintln!("faultline run: {e:#}");
+                                ExitCode::FAILURE
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("faultline run: {e:#}");
+                        ExitCode::from(2)
+                    }
+                }
+            })
+        }
+        Command::Demo { duration, speed, seed, rate, config } => {
+            let settings = match load_settings(config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            init_logging(&settings.log);
+            let duration = match duration.as_deref().map(faultline::rules::parse_duration) {
+                None => None,
+                Some(Some(d)) => Some(d),
+                Some(None) => {
+                    eprintln!("faultline demo: --duration: use a duration like 90s or 2m");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = faultline::demo::DemoOptions { duration, speed, seed, events_per_sec: rate };
+            match runtime().block_on(faultline::demo::run(settings, opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("faultline demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Replay { events, rules } => replay(&events, rules),
         Command::Rca { file } => match faultline::localize::rca::run_file(&file) {
             Ok(json) => {

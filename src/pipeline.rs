@@ -1,10 +1,17 @@
 //! The async wiring of the stages for `run`, `demo` and `replay`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::engine::{Engine, EngineOptions};
-use crate::event;
-use crate::incident::{Change, Incident};
+use tokio::sync::mpsc;
+
+use crate::engine::{Engine, EngineOptions, EngineStats, Skip};
+use crate::event::{self, Event};
+use crate::incident::{Change, Incident, Transition};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::store::Store;
+use crate::summarize::Summarizer;
 use crate::rules::{CompiledRule, RuleSet};
 
 /// The one-line JSON run report `faultline replay` prints to stderr.
@@ -95,8 +102,7 @@ where
 
 /// Fills title and summary from the deterministic template.
 pub fn summarize_template(inc: &mut Incident, rule: &CompiledRule) {
-    // Wired to the template summarizer once it lands.
-    inc.title = format!("{}: {:?}", rule.rule.name, inc.root_causes.first().map(|r| &r.dims));
+    crate::summarize::template(&crate::summarize::Facts::new(inc, &rule.rule)).apply(inc);
 }
 
 fn trim_line(b: &[u8]) -> &[u8] {
@@ -116,4 +122,127 @@ fn trim_line(b: &[u8]) -> &[u8] {
         }
     }
     b
+}
+
+/// The sinks of incident changes in the live pipeline.
+#[derive(Clone)]
+pub struct Outputs {
+    /// Where incidents are kept.
+    pub store: Arc<dyn Store>,
+    /// Who hears of them.
+    pub notifier: Arc<dyn Notifier>,
+    /// Who writes their summaries.
+    pub summarizer: Arc<dyn Summarizer>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The rules, for summaries.
+    pub rules: Arc<RuleSet>,
+}
+
+/// How the live engine learns that time passed when no events arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Event time is close to wall time (production): once a second the watermark
+    /// moves to `now - lateness` even without events, so a silent stream is seen.
+    Wall,
+    /// Event time only (demo, where time is accelerated).
+    EventTime,
+}
+
+/// Runs the engine over a channel of validated events until the channel closes,
+/// sending every change to `changes`. Returns the engine's counters.
+pub async fn run_engine(
+    mut events: mpsc::Receiver<Event>,
+    rules: Arc<RuleSet>,
+    opts: EngineOptions,
+    clock: Clock,
+    changes: mpsc::Sender<Change>,
+    metrics: Arc<Metrics>,
+) -> EngineStats {
+    let mut engine = Engine::new(&rules, &opts);
+    let lateness = opts.lateness_ms;
+    let mut buf = Vec::with_capacity(1024);
+    let mut out = Vec::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = events.recv_many(&mut buf, 1024) => {
+                if n == 0 {
+                    break;
+                }
+                for ev in buf.drain(..) {
+                    match engine.ingest(&ev, &mut out) {
+                        Ok(()) => metrics.event_accepted(),
+                        Err(Skip::Duplicate) => metrics.event_duplicate(),
+                        Err(Skip::Late) => metrics.event_late(),
+                    }
+                }
+            }
+            _ = tick.tick(), if clock == Clock::Wall => {
+                let now = chrono::Utc::now().timestamp_millis();
+                engine.advance_to(now - lateness, &mut out);
+            }
+        }
+        metrics.set_active_cells(engine.active_cells() as u64);
+        for c in out.drain(..) {
+            if changes.send(c).await.is_err() {
+                tracing::warn!("incident outputs closed; engine stopping");
+                return engine.stats().clone();
+            }
+        }
+    }
+    engine.stats().clone()
+}
+
+/// Summarizes, stores and notifies every change until the channel closes.
+pub async fn run_outputs(mut changes: mpsc::Receiver<Change>, outputs: Outputs) {
+    while let Some(change) = changes.recv().await {
+        handle_change(change, &outputs).await;
+    }
+}
+
+async fn handle_change(change: Change, o: &Outputs) {
+    let Change {
+        transition,
+        notify,
+        timeline,
+        point,
+    } = change;
+    let mut incident = transition.incident().clone();
+    let span = tracing::info_span!("incident", incident_id = %incident.id, rule = %incident.rule);
+    let _enter = span.enter();
+    if notify {
+        if let Some(rule) = o.rules.get(&incident.rule) {
+            let facts = crate::summarize::Facts::new(&incident, &rule.rule);
+            o.summarizer.summarize(&facts).await.apply(&mut incident);
+        }
+    } else if let Ok(Some(prev)) = o.store.get(&incident.id).await {
+        // Routine refresh: keep the summary written when it was last notified.
+        incident.title = prev.incident.title;
+        incident.summary = prev.incident.summary;
+        incident.summary_source = prev.incident.summary_source;
+        incident.prompt_version = prev.incident.prompt_version;
+    }
+    let transition = match transition {
+        Transition::Opened(_) => {
+            o.metrics.incident_opened();
+            Transition::Opened(incident.clone())
+        }
+        Transition::Updated(_) => Transition::Updated(incident.clone()),
+        Transition::Resolved(_) => {
+            o.metrics.incident_resolved();
+            Transition::Resolved(incident.clone())
+        }
+    };
+    if let Err(e) = o.store.upsert(&incident, &timeline, point).await {
+        tracing::error!(error = %e, "storing the incident failed");
+    }
+    if notify {
+        o.metrics.detection();
+        if let Err(e) = o.notifier.notify(&transition).await {
+            o.metrics.notify_failure();
+            tracing::error!(error = %e, "notifying failed");
+        }
+    }
 }

@@ -1,1 +1,34 @@
-//! TODO-module notify
+//! Where incidents go: stdout (embedded default).
+//!
+//! A [`Notifier`] hears every [`Transition`] the pipeline decides people should
+//! know about. It knows nothing of statistics: it renders the incident as it is.
+//! Everything it lets out passes through [`crate::redact`].
+
+mod stdout;
+
+pub use stdout::StdoutNotifier;
+
+use async_trait::async_trait;
+
+use crate::incident::Transition;
+
+/// Errors at the notify boundary. Messages never carry tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// Writing failed.
+    #[error("write failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The remote service could not be reached or timed out.
+    #[error("notifier unavailable: {0}")]
+    Unavailable(String),
+    /// The remote service answered with an error.
+    #[error("notifier rejected the message: {0}")]
+    Rejected(String),
+}
+
+/// Tells people about incidents.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// Announces one transition: opened, updated or resolved.
+    async fn notify(&self, t: &Transition) -> Result<(), NotifyError>;
+}

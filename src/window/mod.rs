@@ -83,6 +83,9 @@ pub struct Cell {
     ring: Box<[Bucket]>,
     /// Newest step with a bucket in the ring.
     head: i64,
+    /// Window sums as of `win_step` (kept incrementally by [`Cell::window_at`]).
+    win: Bucket,
+    win_step: i64,
     /// Learned baseline (per-step counts, exponentially weighted).
     pub base: Ewma,
     /// First step the cell was seen.
@@ -94,6 +97,8 @@ impl Cell {
         Cell {
             ring: vec![Bucket::default(); ring_len].into_boxed_slice(),
             head: step,
+            win: Bucket::default(),
+            win_step: i64::MIN,
             base: Ewma {
                 step,
                 ..Ewma::default()
@@ -145,6 +150,24 @@ impl Cell {
             sum.f += b.f;
         }
         sum
+    }
+
+    /// Sums over the `steps` steps ending at `last`, updated incrementally when
+    /// called for consecutive steps (the engine's evaluation order), which turns
+    /// a loop over the window into one add and one subtract. Correct because no
+    /// event is ever added to a step that has already been evaluated: those are
+    /// behind the watermark.
+    pub fn window_at(&mut self, last: i64, steps: usize) -> Bucket {
+        if self.win_step != i64::MIN && last == self.win_step + 1 {
+            let add = self.bucket(last);
+            let drop = self.bucket(last - steps as i64);
+            self.win.n = self.win.n + add.n - drop.n;
+            self.win.f = self.win.f + add.f - drop.f;
+        } else if last != self.win_step {
+            self.win = self.window(last, steps);
+        }
+        self.win_step = last;
+        self.win
     }
 
     /// Newest step that has seen an event (or the step it was created at).
@@ -230,6 +253,21 @@ mod tests {
         // Steps 8 and 9 are in the ring (lookahead) but not in a window ending at 7.
         assert_eq!(cell.window(9, 4), Bucket { n: 4, f: 2 });
         assert_eq!(cell.window(12, 4), Bucket { n: 1, f: 0 });
+    }
+
+    #[test]
+    fn incremental_window_matches_the_full_sum() {
+        let mut c = Cells::new(4, 3);
+        let k = [1, 0, 0, 0, 0, 0];
+        for s in 0..40i64 {
+            // Events arrive up to 3 steps ahead of the evaluated step.
+            for a in 0..=(s % 3) {
+                c.add(k, s + 3, a == 0);
+            }
+            let cell = c.map.get_mut(&k).unwrap();
+            let full = cell.window(s, 4);
+            assert_eq!(cell.window_at(s, 4), full, "step {s}");
+        }
     }
 
     #[test]

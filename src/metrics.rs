@@ -1,0 +1,298 @@
+//! Process metrics, served as Prometheus text on `GET /metrics`.
+//!
+//! Counters are plain atomics so the hot path (every event) pays one relaxed
+//! increment. Rejections are counted by reason in a small map behind a std
+//! `Mutex`: they are rare, the set of reasons is small and fixed, and the lock is
+//! never held across an `.await`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Most distinct rejection reasons tracked; further ones count as `other`, so a
+/// caller passing unexpected strings cannot grow the label set without bound.
+const MAX_REASONS: usize = 64;
+
+/// The daemon's counters and gauges. Share it as `Arc<Metrics>`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    events_received: AtomicU64,
+    events_accepted: AtomicU64,
+    events_duplicate: AtomicU64,
+    events_late: AtomicU64,
+    rejected: Mutex<BTreeMap<String, u64>>,
+    active_cells: AtomicU64,
+    detections: AtomicU64,
+    incidents_opened: AtomicU64,
+    incidents_resolved: AtomicU64,
+    open_incidents: AtomicU64,
+    notify_failures: AtomicU64,
+}
+
+impl Metrics {
+    /// A zeroed set.
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// One event (line, element or message) arrived, before validation.
+    pub fn event_received(&self) {
+        self.events_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One event passed validation, dedupe and lateness and was counted by the rules.
+    pub fn event_accepted(&self) {
+        self.events_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One event failed validation; `reason` is a stable
+    /// [`crate::event::Rejection::reason`].
+    pub fn event_rejected(&self, reason: &str) {
+        // Recover from poisoning: a counter map is still meaningful after a panic elsewhere.
+        let mut map = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(reason) {
+            *n += 1;
+        } else if map.len() < MAX_REASONS {
+            map.insert(reason.to_string(), 1);
+        } else {
+            *map.entry("other".to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// One event id was seen again within the dedupe horizon.
+    pub fn event_duplicate(&self) {
+        self.events_duplicate.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One event arrived later than the allowed lateness.
+    pub fn event_late(&self) {
+        self.events_late.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cells held by every rule's window, now.
+    pub fn set_active_cells(&self, n: u64) {
+        self.active_cells.store(n, Ordering::Relaxed);
+    }
+
+    /// One anomalous element found at an evaluation step.
+    pub fn detection(&self) {
+        self.detections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One incident opened.
+    pub fn incident_opened(&self) {
+        self.incidents_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One incident resolved.
+    pub fn incident_resolved(&self) {
+        self.incidents_resolved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Incidents open (or acknowledged) now.
+    pub fn set_open_incidents(&self, n: u64) {
+        self.open_incidents.store(n, Ordering::Relaxed);
+    }
+
+    /// One notifier call failed.
+    pub fn notify_failure(&self) {
+        self.notify_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events received so far.
+    pub fn received(&self) -> u64 {
+        self.events_received.load(Ordering::Relaxed)
+    }
+
+    /// Events accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.events_accepted.load(Ordering::Relaxed)
+    }
+
+    /// Rejections so far, by reason.
+    pub fn rejections(&self) -> BTreeMap<String, u64> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Everything in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "faultline_events_received_total",
+            "Events received, before validation.",
+            get(&self.events_received),
+        );
+        counter(
+            &mut out,
+            "faultline_events_accepted_total",
+            "Events that passed validation, dedupe and lateness and were counted by the rules.",
+            get(&self.events_accepted),
+        );
+        header(
+            &mut out,
+            "faultline_events_rejected_total",
+            "Events that failed validation, by reason.",
+            "counter",
+        );
+        for (reason, n) in self.rejections() {
+            let _ = writeln!(
+                out,
+                "faultline_events_rejected_total{{reason=\"{}\"}} {n}",
+                escape_label(&reason)
+            );
+        }
+        counter(
+            &mut out,
+            "faultline_events_duplicate_total",
+            "Events whose id was seen again within the dedupe horizon.",
+            get(&self.events_duplicate),
+        );
+        counter(
+            &mut out,
+            "faultline_events_late_total",
+            "Events that arrived later than the allowed lateness.",
+            get(&self.events_late),
+        );
+        gauge(
+            &mut out,
+            "faultline_active_cells",
+            "Window cells held across every rule.",
+            get(&self.active_cells),
+        );
+        counter(
+            &mut out,
+            "faultline_detections_total",
+            "Anomalous elements found at evaluation steps.",
+            get(&self.detections),
+        );
+        counter(
+            &mut out,
+            "faultline_incidents_opened_total",
+            "Incidents opened.",
+            get(&self.incidents_opened),
+        );
+        counter(
+            &mut out,
+            "faultline_incidents_resolved_total",
+            "Incidents resolved.",
+            get(&self.incidents_resolved),
+        );
+        gauge(
+            &mut out,
+            "faultline_open_incidents",
+            "Incidents open or acknowledged now.",
+            get(&self.open_incidents),
+        );
+        counter(
+            &mut out,
+            "faultline_notify_failures_total",
+            "Notifier calls that failed.",
+            get(&self.notify_failures),
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape_label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.event_received();
+        m.event_received();
+        m.event_accepted();
+        m.event_rejected("invalid_ts");
+        m.event_rejected("invalid_ts");
+        m.event_rejected("missing_id");
+        m.set_active_cells(42);
+        m.set_open_incidents(3);
+        m.incident_opened();
+        m.notify_failure();
+        let text = m.render();
+
+        assert!(text.contains(
+            "# TYPE faultline_events_received_total counter\nfaultline_events_received_total 2\n"
+        ));
+        assert!(text.contains("faultline_events_accepted_total 1\n"));
+        assert!(text.contains("faultline_events_rejected_total{reason=\"invalid_ts\"} 2\n"));
+        assert!(text.contains("faultline_events_rejected_total{reason=\"missing_id\"} 1\n"));
+        assert!(text.contains("# TYPE faultline_active_cells gauge\nfaultline_active_cells 42\n"));
+        assert!(text.contains("faultline_open_incidents 3\n"));
+        assert!(text.contains("faultline_incidents_opened_total 1\n"));
+        assert!(text.contains("faultline_notify_failures_total 1\n"));
+
+        // Every family has HELP then TYPE, every sample line belongs to the
+        // family announced last, and every name carries the prefix.
+        let mut family = String::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                family = rest.split(' ').next().unwrap().to_string();
+                assert!(family.starts_with("faultline_"), "{line}");
+                let next = lines.next().unwrap();
+                assert!(next.starts_with(&format!("# TYPE {family} ")), "{next}");
+                let kind = next.rsplit(' ').next().unwrap();
+                assert!(kind == "counter" || kind == "gauge", "{next}");
+                if kind == "counter" {
+                    assert!(family.ends_with("_total"), "{family}");
+                }
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, family, "{line}");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<u64>().is_ok(), "{line}");
+            }
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn reasons_are_bounded_and_escaped() {
+        let m = Metrics::new();
+        for i in 0..100 {
+            m.event_rejected(&format!("r{i}"));
+        }
+        m.event_rejected("a\"b");
+        let r = m.rejections();
+        assert_eq!(r.len(), MAX_REASONS + 1);
+        assert_eq!(r["other"], 100 - MAX_REASONS as u64 + 1);
+        assert_eq!(escape_label("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+}
