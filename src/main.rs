@@ -59,6 +59,10 @@ enum Command {
         /// The CSV file.
         file: PathBuf,
     },
+    /// Writes a labelled scenario: events NDJSON plus the injected faults and quiet cases.
+    Gen(faultline::eval::GenArgs),
+    /// Replays a labelled scenario and scores the incidents (recall, precision, top-1, time to detect).
+    Eval(faultline::eval::EvalArgs),
     /// Rule files.
     Rules {
         #[command(subcommand)]
@@ -185,6 +189,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Gen(args) => report_errors("gen", faultline::eval::gen_command(&args)),
+        Command::Eval(args) => report_errors("eval", faultline::eval::eval_command(&args)),
         Command::Rules { command: RulesCommand::Check { dir } } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("rules"));
             match RuleSet::load_dir(&dir) {
@@ -200,6 +206,16 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+fn report_errors(what: &str, r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faultline {what}: {e:#}");
+            ExitCode::from(2)
         }
     }
 }
