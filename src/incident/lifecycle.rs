@@ -185,13 +185,13 @@ impl IncidentManager {
                 o.clean = 0;
                 evidence.score = causes
                     .iter()
-                    .find(|c| c.element == o.element)
+                    .find(|c| c.element.same_as(&o.element))
                     .map(|c| c.cause.score)
                     .unwrap_or(o.incident.root_causes[0].score);
                 let runners: Vec<RootCause> = candidates
                     .iter()
                     .chain(causes.iter())
-                    .filter(|c| c.element != o.element && c.element.overlaps(&o.element))
+                    .filter(|c| !c.element.same_as(&o.element) && c.element.overlaps(&o.element))
                     .take(3)
                     .map(|c| c.cause.clone())
                     .collect();
@@ -265,7 +265,7 @@ impl IncidentManager {
                 let fp = fingerprint(&rule.rule.name, &dims);
                 let runners: Vec<RootCause> = candidates
                     .iter()
-                    .filter(|x| x.element != c.element && x.element.overlaps(&c.element))
+                    .filter(|x| !x.element.same_as(&c.element) && x.element.overlaps(&c.element))
                     .take(3)
                     .map(|x| x.cause.clone())
                     .collect();

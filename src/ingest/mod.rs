@@ -1,1 +1,4 @@
 //! TODO-module ingest
+pub mod dedupe;
+pub mod generator;
+pub mod file;

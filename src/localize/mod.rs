@@ -78,6 +78,11 @@ impl Element {
         agree && (common == self.mask || common == other.mask)
     }
 
+    /// Whether both fix the same dimensions to the same values (whatever their numbers).
+    pub fn same_as(&self, other: &Element) -> bool {
+        self.mask == other.mask && self.key == other.key
+    }
+
     /// Number of fixed dimensions.
     pub fn depth(&self) -> u32 {
         self.mask.count_ones()
@@ -136,22 +141,34 @@ pub fn localize(dims: usize, leaves: &[Leaf], criteria: &Criteria, limits: &Limi
 
     // Layer 1: aggregate every single-dimension element.
     let mut layer: Vec<Cand> = Vec::new();
+    // Value ids are dense (interned), so one-dimension totals go in plain vectors.
+    let mut max_id = vec![0u32; dims];
+    for l in leaves {
+        for (d, m) in max_id.iter_mut().enumerate() {
+            *m = (*m).max(l.key[d]);
+        }
+    }
     for d in 0..dims {
-        let mut agg: FxHashMap<u32, (f64, f64, f64)> = FxHashMap::default();
+        let mut agg: Vec<(f64, f64, f64)> = vec![(0.0, 0.0, 0.0); max_id[d] as usize + 1];
+        let mut present = vec![false; max_id[d] as usize + 1];
         for l in leaves {
-            let a = agg.entry(l.key[d]).or_default();
+            let i = l.key[d] as usize;
+            let a = &mut agg[i];
             a.0 += l.real;
             a.1 += l.predict;
             a.2 += l.volume;
+            present[i] = true;
         }
-        tested += agg.len();
+        tested += present.iter().filter(|p| **p).count();
         let mut scored: Vec<Element> = agg
             .into_iter()
+            .enumerate()
+            .filter(|(v, _)| present[*v])
             .filter_map(|(v, (r, p, vol))| {
                 let llr = directed_llr(r, p, dir);
                 (llr >= limits.expand_llr).then(|| {
                     let mut key = [0u32; MAX_DIMS];
-                    key[d] = v;
+                    key[d] = v as u32;
                     Element { mask: 1 << d, key, real: r, predict: p, volume: vol, llr, score: 0.0 }
                 })
             })
@@ -342,7 +359,7 @@ mod tests {
                     rate = *r;
                 }
             }
-            leaves.push(Leaf { key, real: (n * rate as f64).round(), predict: n * 0.01, volume: n });
+            leaves.push(Leaf { key, real: (n * rate).round(), predict: n * 0.01, volume: n });
         }
         leaves
     }

@@ -1,0 +1,314 @@
+//! `faultline gen` and `faultline eval`: scenario files and their scores.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+
+use crate::ingest::generator::{Generator, Labels, Scenario, MAX_DURATION_MS};
+use crate::rules::RuleSet;
+
+/// Scenario file names inside a scenario folder.
+const EVENTS_FILE: &str = "events.ndjson";
+const LABELS_FILE: &str = "labels.json";
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    match crate::rules::parse_duration(s) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("`{s}` is not a duration like 90m, 3h, 1h30m")),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000_000.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not an event rate (events per second, > 0)"
+        )),
+    }
+}
+
+fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))
+}
+
+fn duration_ms(d: Duration) -> anyhow::Result<i64> {
+    match i64::try_from(d.as_millis()) {
+        Ok(ms) if ms <= MAX_DURATION_MS => Ok(ms),
+        _ => bail!("duration too long (at most 366d)"),
+    }
+}
+
+/// `faultline gen`: writes a labelled scenario to a folder.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenArgs {
+    /// Seed: the same seed, duration and rate give the same lines and labels.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Length in event time, e.g. `3h`, `90m`.
+    #[arg(long, default_value = "3h", value_parser = parse_duration_arg)]
+    pub duration: Duration,
+    /// Mean events per second of event time, all kinds together.
+    #[arg(long, default_value_t = 200.0, value_parser = parse_rate)]
+    pub rate: f64,
+    /// Event time of the first event, RFC 3339.
+    #[arg(long, default_value = "2026-03-02T00:00:00Z", value_parser = parse_rfc3339)]
+    pub start: DateTime<Utc>,
+    /// Output folder (created if missing): `events.ndjson` and `labels.json`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Writes `OUT/events.ndjson` (lines in arrival order) and `OUT/labels.json`.
+pub fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
+    let scenario = Scenario::standard(args.seed, duration_ms(args.duration)?, args.rate)
+        .starting_at(args.start.timestamp_millis());
+    let mut generator = Generator::new(&scenario)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let started = Instant::now();
+
+    let events_path = args.out.join(EVENTS_FILE);
+    let file = File::create(&events_path)
+        .with_context(|| format!("cannot create {}", events_path.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut lines = 0u64;
+    for line in generator.by_ref() {
+        out.write_all(line.text.as_bytes())
+            .and_then(|_| out.write_all(b"\n"))
+            .with_context(|| format!("cannot write {}", events_path.display()))?;
+        lines += 1;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", events_path.display()))?;
+
+    let labels = scenario.labels();
+    let labels_path = args.out.join(LABELS_FILE);
+    let mut text = serde_json::to_string_pretty(&labels)?;
+    text.push('\n');
+    std::fs::write(&labels_path, text)
+        .with_context(|| format!("cannot write {}", labels_path.display()))?;
+
+    let stats = generator.stats();
+    eprintln!(
+        "wrote {lines} lines ({} events, {} duplicates, {} late, {} bad) to {} in {:.1} s; {} faults and {} quiet cases to {}",
+        stats.events,
+        stats.duplicates,
+        stats.late,
+        stats.bad,
+        events_path.display(),
+        started.elapsed().as_secs_f64(),
+        labels.faults.len(),
+        labels.quiet.len(),
+        labels_path.display(),
+    );
+    Ok(())
+}
+
+/// `faultline eval`: scores faultline (or the naive baseline) on a labelled scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// Scenario folder written by `faultline gen` (events.ndjson + labels.json).
+    #[arg(long, conflicts_with_all = ["seed", "duration", "rate"])]
+    pub scenario: Option<PathBuf>,
+    /// Without --scenario: generate the standard scenario of this seed in memory [default: 1].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Without --scenario: its length in event time [default: 3h].
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub duration: Option<Duration>,
+    /// Without --scenario: its mean events per second [default: 200].
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Rules folder [default: `rules/` when it exists, else the rules built into the binary].
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Score the naive static-threshold baseline (5% per leaf cell) instead of faultline.
+    #[arg(long)]
+    pub naive: bool,
+}
+
+/// NDJSON lines of a file, stopping at (and keeping) the first read error.
+struct FileLines {
+    inner: std::io::Split<BufReader<File>>,
+    error: Option<std::io::Error>,
+}
+
+impl Iterator for FileLines {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        match self.inner.next()? {
+            Ok(line) => Some(line),
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+fn load_rules(dir: Option<&Path>) -> anyhow::Result<(RuleSet, String)> {
+    let default = Path::new("rules");
+    let dir = match dir {
+        Some(d) => d,
+        None if default.is_dir() => default,
+        None => return Ok((RuleSet::embedded(), "built-in".into())),
+    };
+    match RuleSet::load_dir(dir) {
+        Ok(set) => Ok((set, dir.display().to_string())),
+        Err(errors) => {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            bail!("invalid rules:\n{}", list.join("\n"))
+        }
+    }
+}
+
+fn run_detector<I, L>(lines: I, rules: &RuleSet, naive: bool) -> Vec<crate::incident::Incident>
+where
+    I: IntoIterator<Item = L>,
+    L: AsRef<[u8]>,
+{
+    if naive {
+        super::naive::run(lines, rules)
+    } else {
+        let out = crate::pipeline::replay_lines(lines, rules);
+        if let Ok(report) = serde_json::to_string(&out.report) {
+            eprintln!("{report}");
+        }
+        out.incidents
+    }
+}
+
+/// Runs the detector over the scenario and prints the table, then the report as
+/// one line of JSON, to stdout.
+pub fn eval_command(args: &EvalArgs) -> anyhow::Result<()> {
+    let (rules, rules_from) = load_rules(args.rules.as_deref())?;
+    eprintln!("rules: {rules_from} ({} rules)", rules.rules.len());
+    let started = Instant::now();
+    let (incidents, labels): (_, Labels) = match &args.scenario {
+        Some(dir) => {
+            let labels_path = dir.join(LABELS_FILE);
+            let text = std::fs::read_to_string(&labels_path)
+                .with_context(|| format!("cannot read {}", labels_path.display()))?;
+            let labels: Labels = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a labels file", labels_path.display()))?;
+            let events_path = dir.join(EVENTS_FILE);
+            let file = File::open(&events_path)
+                .with_context(|| format!("cannot read {}", events_path.display()))?;
+            let mut lines = FileLines {
+                inner: BufReader::with_capacity(1 << 20, file).split(b'\n'),
+                error: None,
+            };
+            let incidents = run_detector(lines.by_ref(), &rules, args.naive);
+            if let Some(e) = lines.error {
+                return Err(e).with_context(|| format!("cannot read {}", events_path.display()));
+            }
+            (incidents, labels)
+        }
+        None => {
+            let duration = args.duration.unwrap_or(Duration::from_secs(3 * 3600));
+            let scenario = Scenario::standard(
+                args.seed.unwrap_or(1),
+                duration_ms(duration)?,
+                args.rate.unwrap_or(200.0),
+            );
+            let generator = Generator::new(&scenario)?;
+            let incidents = run_detector(generator.map(|l| l.text), &rules, args.naive);
+            (incidents, scenario.labels())
+        }
+    };
+    let mut report = super::score(&incidents, &labels);
+    if args.naive {
+        report.detector = "naive".into();
+    }
+    eprintln!(
+        "scored seed {} in {:.1} s",
+        labels.seed,
+        started.elapsed().as_secs_f64()
+    );
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(report.table().as_bytes())?;
+    writeln!(stdout)?;
+    serde_json::to_writer(&mut stdout, &report)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Cmd {
+        Gen(GenArgs),
+        Eval(EvalArgs),
+    }
+
+    #[test]
+    fn args_parse() {
+        let cli =
+            Cli::try_parse_from(["f", "gen", "--seed", "7", "--duration", "90m", "--out", "x"])
+                .unwrap();
+        let Cmd::Gen(g) = cli.cmd else { panic!() };
+        assert_eq!(g.seed, 7);
+        assert_eq!(g.duration, Duration::from_secs(5400));
+        assert_eq!(g.rate, 200.0);
+        assert_eq!(
+            g.start.timestamp_millis(),
+            crate::ingest::generator::DEFAULT_START_MS
+        );
+
+        assert!(Cli::try_parse_from(["f", "gen", "--duration", "3x", "--out", "x"]).is_err());
+        assert!(Cli::try_parse_from(["f", "gen", "--rate", "-1", "--out", "x"]).is_err());
+        assert!(Cli::try_parse_from(["f", "eval", "--scenario", "s", "--seed", "2"]).is_err());
+        let cli = Cli::try_parse_from(["f", "eval", "--seed", "2", "--naive"]).unwrap();
+        let Cmd::Eval(e) = cli.cmd else { panic!() };
+        assert_eq!(e.seed, Some(2));
+        assert!(e.naive);
+    }
+
+    #[test]
+    fn gen_writes_events_and_labels_that_eval_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = GenArgs {
+            seed: 5,
+            duration: Duration::from_secs(45 * 60),
+            rate: 20.0,
+            start: parse_rfc3339("2026-04-01T12:00:00Z").unwrap(),
+            out: dir.path().to_path_buf(),
+        };
+        gen_command(&args).unwrap();
+        let labels: Labels =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(LABELS_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(labels.start, args.start);
+        assert!(!labels.faults.is_empty());
+        let text = std::fs::read_to_string(dir.path().join(EVENTS_FILE)).unwrap();
+        assert!(text.lines().count() > 40_000);
+        assert!(text.starts_with("{\"id\":\"evt_5_"));
+        assert!(text.contains("2026-04-01T12:"));
+
+        let eval = EvalArgs {
+            scenario: Some(dir.path().to_path_buf()),
+            seed: None,
+            duration: None,
+            rate: None,
+            rules: None,
+            naive: true,
+        };
+        eval_command(&eval).unwrap();
+    }
+}
