@@ -228,8 +228,8 @@ fn replay(events: &str, rules: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let reader: Box<dyn BufRead> = if events == "-" {
-        Box::new(std::io::stdin().lock())
+    let reader: Box<dyn BufRead + Send> = if events == "-" {
+        Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
     } else {
         match std::fs::File::open(events) {
             Ok(f) => Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
@@ -239,7 +239,7 @@ fn replay(events: &str, rules: Option<PathBuf>) -> ExitCode {
             }
         }
     };
-    let out = faultline::pipeline::replay_lines(faultline::ingest::file::lines(reader), &rules);
+    let out = faultline::pipeline::replay_reader(reader, &rules, &Default::default());
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
     for inc in &out.incidents {

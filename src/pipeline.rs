@@ -55,6 +55,46 @@ where
     I: IntoIterator<Item = L>,
     L: AsRef<[u8]>,
 {
+    let parsed = lines.into_iter().filter_map(|line| {
+        let bytes = trim_line(line.as_ref());
+        (!bytes.is_empty()).then(|| event::parse(bytes))
+    });
+    replay_parsed(parsed, rules, opts)
+}
+
+/// Replays a reader of NDJSON, parsing on a second thread while the engine
+/// counts on this one: parsing and validation are about half the work, and the
+/// engine must stay single-threaded to keep event order.
+pub fn replay_reader<R>(reader: R, rules: &RuleSet, opts: &EngineOptions) -> ReplayOutput
+where
+    R: std::io::BufRead + Send + 'static,
+{
+    const BATCH: usize = 4096;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<Event, event::Rejection>>>(8);
+    let parser = std::thread::spawn(move || {
+        let mut batch = Vec::with_capacity(BATCH);
+        for line in crate::ingest::file::lines(reader) {
+            let bytes = trim_line(&line);
+            if bytes.is_empty() {
+                continue;
+            }
+            batch.push(event::parse(bytes));
+            if batch.len() == BATCH && tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(batch);
+    });
+    let out = replay_parsed(rx.into_iter().flatten(), rules, opts);
+    let _ = parser.join();
+    out
+}
+
+fn replay_parsed(
+    parsed: impl Iterator<Item = Result<Event, event::Rejection>>,
+    rules: &RuleSet,
+    opts: &EngineOptions,
+) -> ReplayOutput {
     let started = std::time::Instant::now();
     let mut engine = Engine::new(rules, opts);
     let mut report = RunReport::default();
@@ -66,13 +106,9 @@ where
             latest.insert(inc.id.clone(), inc.clone());
         }
     };
-    for line in lines {
-        let bytes = trim_line(line.as_ref());
-        if bytes.is_empty() {
-            continue;
-        }
+    for parsed in parsed {
         report.events_read += 1;
-        match event::parse(bytes) {
+        match parsed {
             Ok(ev) => match engine.ingest(&ev, &mut changes) {
                 Ok(()) => report.accepted += 1,
                 Err(skip) => *report.rejected.entry(skip.reason().to_string()).or_default() += 1,
@@ -139,6 +175,10 @@ pub struct Outputs {
     pub rules: Arc<RuleSet>,
 }
 
+/// How far ahead of the wall clock an event may be stamped (clock skew) in
+/// [`Clock::Wall`] mode; later ones are rejected as `future_ts`.
+pub const MAX_FUTURE_MS: i64 = 5 * 60_000;
+
 /// How the live engine learns that time passed when no events arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Clock {
@@ -171,7 +211,14 @@ pub async fn run_engine(
                 if n == 0 {
                     break;
                 }
+                let now = chrono::Utc::now().timestamp_millis();
                 for ev in buf.drain(..) {
+                    // On the wall clock, one event stamped far in the future would
+                    // drag the watermark along and make every later event late.
+                    if clock == Clock::Wall && ev.ts_ms > now + MAX_FUTURE_MS {
+                        metrics.event_rejected("future_ts");
+                        continue;
+                    }
                     match engine.ingest(&ev, &mut out) {
                         Ok(()) => metrics.event_accepted(),
                         Err(Skip::Duplicate) => metrics.event_duplicate(),

@@ -1,0 +1,154 @@
+//! The daemon for real: `App` on port 0 over a socket, and the `demo` binary.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use faultline::app::App;
+use faultline::config::{ApiToken, Scope, Settings};
+use faultline::ingest::generator::{Generator, Scenario};
+use faultline::notify::StdoutNotifier;
+use faultline::pipeline::Clock;
+use faultline::rules::RuleSet;
+use secrecy::SecretString;
+
+/// One HTTP/1.1 request over a fresh connection; returns (status, body).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Chunked bodies: keep the JSON between the chunk sizes.
+    let body = if body.contains("\r\n") && !body.trim_start().starts_with('{') {
+        body.lines().filter(|l| l.starts_with('{') || l.starts_with('[')).collect::<Vec<_>>().join("")
+    } else {
+        body
+    };
+    (status, body)
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn http_ingest_detects_and_serves_incidents() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut settings = Settings::default();
+    settings.listen = "127.0.0.1:0".into();
+    settings.api.tokens = vec![
+        ApiToken { name: "pusher".into(), secret: SecretString::from("ingest-secret-1".to_string()), scope: Scope::Ingest },
+        ApiToken { name: "reader".into(), secret: SecretString::from("read-secret-1".to_string()), scope: Scope::Read },
+    ];
+    let printed = Captured::default();
+    let notifier = Arc::new(StdoutNotifier::with_writer(printed.clone()));
+    let app = rt
+        .block_on(App::build_with(&settings, RuleSet::embedded(), Clock::EventTime, notifier))
+        .unwrap();
+    let port = app.port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(app.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // A scenario with its first fault, pushed in NDJSON chunks.
+    let sc = Scenario::standard(5, 55 * 60_000, 60.0);
+    let labels = sc.labels();
+    let first = labels.faults.first().expect("one fault").clone();
+    let lines: Vec<String> = Generator::new(&sc).unwrap().map(|l| l.text).collect();
+    assert_eq!(http(port, "POST", "/v1/events", Some("read-secret-1"), b"{}").0, 403);
+    assert_eq!(http(port, "POST", "/v1/events", None, b"{}").0, 401);
+    let mut accepted = 0u64;
+    for chunk in lines.chunks(5000) {
+        let body = chunk.join("\n");
+        let (status, resp) = http(port, "POST", "/v1/events", Some("ingest-secret-1"), body.as_bytes());
+        assert_eq!(status, 200, "{resp}");
+        let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+        accepted += v["accepted"].as_u64().unwrap();
+    }
+    assert!(accepted > 150_000, "{accepted}");
+
+    // Wait (bounded) for the incident to reach the store.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let incidents = loop {
+        let (status, body) = http(port, "GET", &format!("/incidents?rule={}", first.rule), Some("read-secret-1"), b"");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let list = v["incidents"].as_array().cloned().unwrap_or_default();
+        if !list.is_empty() || Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    let dims: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(incidents[0]["root_causes"][0]["dims"].clone()).unwrap();
+    assert_eq!(dims, first.dims);
+    let id = incidents[0]["id"].as_str().unwrap();
+    let (status, body) = http(port, "GET", &format!("/incidents/{id}"), Some("read-secret-1"), b"");
+    assert_eq!(status, 200);
+    let one: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(!one["timeline"].as_array().unwrap().is_empty());
+    assert!(!one["series"].as_array().unwrap().is_empty());
+    assert_eq!(http(port, "GET", "/incidents/inc_nope", Some("read-secret-1"), b"").0, 404);
+
+    let _ = stop_tx.send(());
+    rt.block_on(server).unwrap().unwrap();
+    let card = String::from_utf8(printed.0.lock().unwrap().clone()).unwrap();
+    assert!(card.contains("OPENED"), "{card}");
+}
+
+#[test]
+fn demo_prints_an_injected_fault_and_its_incident() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["demo", "--duration", "120s", "--speed", "120", "--rate", "80"])
+        .env("FAULTLINE_LISTEN", "127.0.0.1:0")
+        .env("FAULTLINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(110);
+    let (mut injected, mut opened) = (None, None);
+    while Instant::now() < deadline && opened.is_none() {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) if line.starts_with("-- ") && injected.is_none() => injected = Some(line),
+            Ok(line) if line.contains("OPENED") => opened = Some(line),
+            _ => {}
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(injected.is_some(), "no fault was announced");
+    assert!(opened.is_some(), "no incident opened after {injected:?}");
+}
