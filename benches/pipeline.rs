@@ -13,7 +13,10 @@ use faultline::window::MAX_DIMS;
 fn lines() -> Vec<String> {
     // 40 minutes at 100 events/s: past the warm-up, so rules evaluate and localize.
     let sc = Scenario::standard(3, 40 * 60_000, 100.0);
-    Generator::new(&sc).expect("scenario").map(|l| l.text).collect()
+    Generator::new(&sc)
+        .expect("scenario")
+        .map(|l| l.text)
+        .collect()
 }
 
 fn parse(c: &mut Criterion) {
@@ -22,7 +25,12 @@ fn parse(c: &mut Criterion) {
     g.throughput(Throughput::Elements(lines.len() as u64));
     g.sample_size(10);
     g.bench_function("event::parse", |b| {
-        b.iter(|| lines.iter().filter(|l| faultline::event::parse(l.as_bytes()).is_ok()).count())
+        b.iter(|| {
+            lines
+                .iter()
+                .filter(|l| faultline::event::parse(l.as_bytes()).is_ok())
+                .count()
+        })
     });
     g.finish();
 }
@@ -34,7 +42,11 @@ fn replay(c: &mut Criterion) {
     g.throughput(Throughput::Elements(lines.len() as u64));
     g.sample_size(10);
     g.bench_function("replay_lines", |b| {
-        b.iter(|| faultline::pipeline::replay_lines(lines.iter(), &rules).report.accepted)
+        b.iter(|| {
+            faultline::pipeline::replay_lines(lines.iter(), &rules)
+                .report
+                .accepted
+        })
     });
     g.finish();
 }
@@ -51,11 +63,22 @@ fn localize_snapshot(c: &mut Criterion) {
             key[d] = r % s + 1;
             r /= s;
         }
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let predict = 20.0 + (x >> 40) as f64 / (1u64 << 24) as f64 * 80.0;
         let noisy = predict * (0.9 + ((x >> 20) & 0xff) as f64 / 255.0 * 0.2);
-        let real = if key[0] == 3 && key[2] == 7 { noisy * 3.0 } else { noisy };
-        leaves.push(Leaf { key, real, predict, volume: predict });
+        let real = if key[0] == 3 && key[2] == 7 {
+            noisy * 3.0
+        } else {
+            noisy
+        };
+        leaves.push(Leaf {
+            key,
+            real,
+            predict,
+            volume: predict,
+        });
     }
     let criteria = Criteria {
         direction: Direction::Up,

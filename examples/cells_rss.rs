@@ -22,8 +22,14 @@ fn rss_kib(field: &str) -> u64 {
 }
 
 fn main() {
-    let cells: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let rounds: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let cells: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let rounds: u64 = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let rules = RuleSet::embedded();
     let mut engine = Engine::new(&rules, &EngineOptions::default());
     let mut out = Vec::new();
@@ -41,7 +47,11 @@ fn main() {
                 id: format!("e{id}"),
                 ts_ms: start + (c * 60_000 / cells) as i64,
                 kind: "auth".into(),
-                outcome: if c % 100 == 0 { Outcome::Failure } else { Outcome::Success },
+                outcome: if c % 100 == 0 {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                },
                 provider: format!("p{}", n % 8),
                 region: format!("r{}", (n / 8) % 6),
                 bin: Some(format!("{:08}", 40_000_000 + n / 48)),

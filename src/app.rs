@@ -119,7 +119,10 @@ impl App {
     }
 
     /// Runs until `shutdown` completes, then drains with a deadline.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let App {
             listener,
             state,
@@ -142,7 +145,9 @@ impl App {
         let sinks = tokio::spawn(pipeline::run_outputs(changes_rx, outputs));
         // The server owns the last event senders once the caller's are dropped:
         // when it stops, the engine sees its channel close and drains.
-        api::serve(listener, state, shutdown).await.context("HTTP server failed")?;
+        api::serve(listener, state, shutdown)
+            .await
+            .context("HTTP server failed")?;
         let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
             let stats = engine.await;
             let _ = sinks.await;

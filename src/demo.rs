@@ -59,15 +59,22 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "faultline demo: realistic payment traffic with injected faults, {}x time after a 30-minute warm-up", opts.speed);
-        let _ = writeln!(out, "API and pages on http://{addr} (GET /incidents, /ui/incidents)");
+        let _ = writeln!(
+            out,
+            "API and pages on http://{addr} (GET /incidents, /ui/incidents)"
+        );
         if let Some(t) = &token {
             let _ = writeln!(out, "API token for this demo (scope write): {t}");
-            let _ = writeln!(out, "  curl -s -H 'Authorization: Bearer {t}' http://{addr}/incidents");
+            let _ = writeln!(
+                out,
+                "  curl -s -H 'Authorization: Bearer {t}' http://{addr}/incidents"
+            );
         }
         let _ = writeln!(out, "Ctrl-C to stop.\n");
     }
     let now = chrono::Utc::now().timestamp_millis();
-    let scenario = Scenario::standard(opts.seed, 24 * 3_600_000, opts.events_per_sec).starting_at(now - WARMUP_MS);
+    let scenario = Scenario::standard(opts.seed, 24 * 3_600_000, opts.events_per_sec)
+        .starting_at(now - WARMUP_MS);
     let events = app.events();
     let metrics = app.metrics();
     let feeder = tokio::spawn(feed(scenario, events, metrics, opts.speed));
@@ -95,7 +102,12 @@ pub async fn run(mut settings: Settings, opts: DemoOptions) -> anyhow::Result<()
 }
 
 /// Feeds the scenario's lines through validation into the engine, paced.
-async fn feed(scenario: Scenario, events: tokio::sync::mpsc::Sender<event::Event>, metrics: Arc<Metrics>, speed: f64) {
+async fn feed(
+    scenario: Scenario,
+    events: tokio::sync::mpsc::Sender<event::Event>,
+    metrics: Arc<Metrics>,
+    speed: f64,
+) {
     let labels = scenario.labels();
     let mut faults: Vec<_> = labels.faults.iter().collect();
     faults.sort_by_key(|f| f.start);
@@ -112,7 +124,9 @@ async fn feed(scenario: Scenario, events: tokio::sync::mpsc::Sender<event::Event
     let mut wall_start: Option<tokio::time::Instant> = None;
     let speed = speed.max(0.1);
     for (i, line) in generator.enumerate() {
-        while next_fault < faults.len() && faults[next_fault].start.timestamp_millis() <= line.arrival_ms {
+        while next_fault < faults.len()
+            && faults[next_fault].start.timestamp_millis() <= line.arrival_ms
+        {
             let f = faults[next_fault];
             let dims: Vec<String> = f.dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!(
@@ -127,7 +141,8 @@ async fn feed(scenario: Scenario, events: tokio::sync::mpsc::Sender<event::Event
         }
         if line.arrival_ms > live_from && i % 64 == 0 {
             let start = *wall_start.get_or_insert_with(tokio::time::Instant::now);
-            let due = Duration::from_secs_f64((line.arrival_ms - live_from) as f64 / 1000.0 / speed);
+            let due =
+                Duration::from_secs_f64((line.arrival_ms - live_from) as f64 / 1000.0 / speed);
             tokio::time::sleep_until(start + due).await;
         }
         metrics.event_received();

@@ -258,7 +258,8 @@ impl Engine {
             let last = watermark.div_euclid(rs.step_ms) - 1;
             // A jump of many steps (a long silence) needs only enough steps to
             // resolve or open incidents; the rest are empty.
-            let keep = (rs.cells.window_steps as i64 + rs.rule.rule.resolve_after as i64 + 4).max(16);
+            let keep =
+                (rs.cells.window_steps as i64 + rs.rule.rule.resolve_after as i64 + 4).max(16);
             if last - s > 4 * keep {
                 s = last - keep;
             }
@@ -411,7 +412,9 @@ fn evaluate(
     let end_ms = (s + 1) * rs.step_ms;
     if warm {
         let criteria = rs.criteria;
-        let threshold = loc.threshold.max(crate::detect::llr_threshold(criteria.alpha, 1));
+        let threshold = loc
+            .threshold
+            .max(crate::detect::llr_threshold(criteria.alpha, 1));
         // The manager lives in the rule state that the closure reads: take it out
         // for the call and put it back.
         let mut manager = std::mem::take(&mut rs.incidents);
@@ -472,7 +475,11 @@ mod tests {
             id: format!("e{id}"),
             ts_ms,
             kind: "auth".into(),
-            outcome: if failed { Outcome::Failure } else { Outcome::Success },
+            outcome: if failed {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            },
             provider: provider.into(),
             region: region.into(),
             bin: Some(bin.into()),
@@ -495,9 +502,20 @@ mod tests {
         let mut id = 0;
         for ms in (0..minutes * 60_000).step_by(25) {
             id += 1;
-            let (p, r, b) = (rng.gen_range(0..4), rng.gen_range(0..3), rng.gen_range(0..20));
+            let (p, r, b) = (
+                rng.gen_range(0..4),
+                rng.gen_range(0..3),
+                rng.gen_range(0..20),
+            );
             let rate = fault(ms, p, r, b).unwrap_or(0.01);
-            let e = ev(id, ms, &format!("p{p}"), &format!("r{r}"), &format!("4000{b:02}"), rng.gen_bool(rate));
+            let e = ev(
+                id,
+                ms,
+                &format!("p{p}"),
+                &format!("r{r}"),
+                &format!("4000{b:02}"),
+                rng.gen_bool(rate),
+            );
             let _ = engine.ingest(&e, &mut out);
         }
         engine.finish(&mut out);
@@ -518,11 +536,19 @@ mod tests {
     fn provider_region_outage_is_one_incident_with_its_root_cause() {
         let start = 40 * 60_000;
         let end = 50 * 60_000;
-        let changes = run(70, |t, p, r, _| (t >= start && t < end && p == 2 && r == 1).then_some(0.7));
+        let changes = run(70, |t, p, r, _| {
+            (t >= start && t < end && p == 2 && r == 1).then_some(0.7)
+        });
         let inc = opened(&changes);
         assert_eq!(inc.len(), 1, "{inc:#?}");
         let dims: Vec<_> = inc[0].root_causes[0].dims.iter().collect();
-        assert_eq!(dims, vec![(&"provider".to_string(), &"p2".to_string()), (&"region".to_string(), &"r1".to_string())]);
+        assert_eq!(
+            dims,
+            vec![
+                (&"provider".to_string(), &"p2".to_string()),
+                (&"region".to_string(), &"r1".to_string())
+            ]
+        );
         let ttd = inc[0].opened_at.timestamp_millis() - start;
         assert!(ttd <= 60_000, "detected after {ttd} ms");
         let resolved = changes.iter().any(|c| matches!(&c.transition, Transition::Resolved(i) if i.id == inc[0].id && i.status == Status::Resolved));
@@ -533,10 +559,15 @@ mod tests {
     fn bin_outage_across_providers_is_the_bin() {
         let start = 40 * 60_000;
         let end = 50 * 60_000;
-        let changes = run(60, |t, _, _, b| (t >= start && t < end && b == 7).then_some(0.9));
+        let changes = run(60, |t, _, _, b| {
+            (t >= start && t < end && b == 7).then_some(0.9)
+        });
         let inc = opened(&changes);
         assert_eq!(inc.len(), 1, "{inc:#?}");
-        assert_eq!(inc[0].root_causes[0].dims.get("bin").map(String::as_str), Some("400007"));
+        assert_eq!(
+            inc[0].root_causes[0].dims.get("bin").map(String::as_str),
+            Some("400007")
+        );
         assert_eq!(inc[0].root_causes[0].dims.len(), 1);
     }
 
@@ -551,9 +582,21 @@ mod tests {
         let rules = RuleSet::embedded();
         let mut engine = Engine::new(&rules, &EngineOptions::default());
         let mut out = Vec::new();
-        assert_eq!(engine.ingest(&ev(1, 100_000, "p", "r", "400000", false), &mut out), Ok(()));
-        assert_eq!(engine.ingest(&ev(1, 100_001, "p", "r", "400000", false), &mut out), Err(Skip::Duplicate));
-        assert_eq!(engine.ingest(&ev(2, 69_999, "p", "r", "400000", false), &mut out), Err(Skip::Late));
-        assert_eq!(engine.ingest(&ev(3, 70_000, "p", "r", "400000", false), &mut out), Ok(()));
+        assert_eq!(
+            engine.ingest(&ev(1, 100_000, "p", "r", "400000", false), &mut out),
+            Ok(())
+        );
+        assert_eq!(
+            engine.ingest(&ev(1, 100_001, "p", "r", "400000", false), &mut out),
+            Err(Skip::Duplicate)
+        );
+        assert_eq!(
+            engine.ingest(&ev(2, 69_999, "p", "r", "400000", false), &mut out),
+            Err(Skip::Late)
+        );
+        assert_eq!(
+            engine.ingest(&ev(3, 70_000, "p", "r", "400000", false), &mut out),
+            Ok(())
+        );
     }
 }

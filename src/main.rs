@@ -9,7 +9,11 @@ use faultline::config::Settings;
 use faultline::rules::RuleSet;
 
 #[derive(Parser)]
-#[command(name = "faultline", version, about = "Payment failure incidents, detected and localized")]
+#[command(
+    name = "faultline",
+    version,
+    about = "Payment failure incidents, detected and localized"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,7 +141,9 @@ fn main() -> ExitCode {
                 }
             };
             runtime().block_on(async {
-                match faultline::app::App::build(&settings, rules, faultline::pipeline::Clock::Wall).await {
+                match faultline::app::App::build(&settings, rules, faultline::pipeline::Clock::Wall)
+                    .await
+                {
                     Ok(app) => {
                         tracing::info!(addr = %app.addr(), "listening");
                         match app.run_until(faultline::app::shutdown_signal()).await {
@@ -155,7 +161,13 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Demo { duration, speed, seed, rate, config } => {
+        Command::Demo {
+            duration,
+            speed,
+            seed,
+            rate,
+            config,
+        } => {
             let settings = match load_settings(config.as_deref()) {
                 Ok(s) => s,
                 Err(code) => return code,
@@ -169,7 +181,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let opts = faultline::demo::DemoOptions { duration, speed, seed, events_per_sec: rate };
+            let opts = faultline::demo::DemoOptions {
+                duration,
+                speed,
+                seed,
+                events_per_sec: rate,
+            };
             match runtime().block_on(faultline::demo::run(settings, opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -191,7 +208,9 @@ fn main() -> ExitCode {
         },
         Command::Gen(args) => report_errors("gen", faultline::eval::gen_command(&args)),
         Command::Eval(args) => report_errors("eval", faultline::eval::eval_command(&args)),
-        Command::Rules { command: RulesCommand::Check { dir } } => {
+        Command::Rules {
+            command: RulesCommand::Check { dir },
+        } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("rules"));
             match RuleSet::load_dir(&dir) {
                 Ok(set) => {

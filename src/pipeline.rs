@@ -10,9 +10,9 @@ use crate::event::{self, Event};
 use crate::incident::{Change, Incident, Transition};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::rules::{CompiledRule, RuleSet};
 use crate::store::Store;
 use crate::summarize::Summarizer;
-use crate::rules::{CompiledRule, RuleSet};
 
 /// The one-line JSON run report `faultline replay` prints to stderr.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -79,7 +79,11 @@ where
                 continue;
             }
             batch.push(event::parse(bytes));
-            if batch.len() == BATCH && tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err() {
+            if batch.len() == BATCH
+                && tx
+                    .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                    .is_err()
+            {
                 return;
             }
         }
@@ -111,9 +115,19 @@ fn replay_parsed(
         match parsed {
             Ok(ev) => match engine.ingest(&ev, &mut changes) {
                 Ok(()) => report.accepted += 1,
-                Err(skip) => *report.rejected.entry(skip.reason().to_string()).or_default() += 1,
+                Err(skip) => {
+                    *report
+                        .rejected
+                        .entry(skip.reason().to_string())
+                        .or_default() += 1
+                }
             },
-            Err(rej) => *report.rejected.entry(rej.reason().into_owned()).or_default() += 1,
+            Err(rej) => {
+                *report
+                    .rejected
+                    .entry(rej.reason().into_owned())
+                    .or_default() += 1
+            }
         }
         if !changes.is_empty() {
             absorb(&mut changes, &mut latest);

@@ -148,9 +148,9 @@ impl Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(Dur)
-            .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a duration like 30s, 5m, 6h, 1d")))
+        parse_duration(&s).map(Dur).ok_or_else(|| {
+            serde::de::Error::custom(format!("`{s}` is not a duration like 30s, 5m, 6h, 1d"))
+        })
     }
 }
 
@@ -606,12 +606,18 @@ fn compile(rule: Rule, file: &str) -> Result<CompiledRule, Vec<(String, String)>
     }
     if rule.kind.is_empty()
         || rule.kind.len() > 32
-        || !rule.kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        || !rule
+            .kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_')
     {
         err("kind", "must be an event kind, [a-z_]{1,32}".into());
     }
     if rule.detector == Detector::Rate && rule.failures.is_empty() {
-        err("failures", "a rate rule needs at least one failure outcome".into());
+        err(
+            "failures",
+            "a rate rule needs at least one failure outcome".into(),
+        );
     }
     if rule.failures.contains(&Outcome::Success) {
         err("failures", "`success` cannot count as a failure".into());
@@ -686,10 +692,16 @@ fn compile(rule: Rule, file: &str) -> Result<CompiledRule, Vec<(String, String)>
     }
     for (i, l) in rule.dashboards.iter().enumerate() {
         if l.title.is_empty() {
-            err(&format!("dashboards[{i}].title"), "must not be empty".into());
+            err(
+                &format!("dashboards[{i}].title"),
+                "must not be empty".into(),
+            );
         }
         if !(l.url.starts_with("https://") || l.url.starts_with("http://")) {
-            err(&format!("dashboards[{i}].url"), "must be an http(s) URL".into());
+            err(
+                &format!("dashboards[{i}].url"),
+                "must be an http(s) URL".into(),
+            );
         }
         if let Some(bad) = unknown_placeholder(&l.url) {
             err(

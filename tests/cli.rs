@@ -11,7 +11,12 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_faultline"))
 }
 
-fn write_scenario(dir: &std::path::Path, seed: u64, hours: f64, rate: f64) -> (std::path::PathBuf, Scenario) {
+fn write_scenario(
+    dir: &std::path::Path,
+    seed: u64,
+    hours: f64,
+    rate: f64,
+) -> (std::path::PathBuf, Scenario) {
     let sc = Scenario::standard(seed, (hours * 3_600_000.0) as i64, rate);
     let path = dir.join("events.ndjson");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
@@ -50,21 +55,42 @@ fn replay_finds_every_injected_fault_with_its_root_cause_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let (path, sc) = write_scenario(dir.path(), 11, 1.6, 80.0);
     let labels = sc.labels();
-    assert!(labels.faults.len() >= 3, "scenario too short: {:?}", labels.faults);
+    assert!(
+        labels.faults.len() >= 3,
+        "scenario too short: {:?}",
+        labels.faults
+    );
     let (incidents, report, code) = replay(&path, &[]);
     assert_eq!(code, 0);
-    assert!(report["events_read"].as_u64().unwrap() > 100_000, "{report}");
-    assert!(report["rejected"]["duplicate"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["events_read"].as_u64().unwrap() > 100_000,
+        "{report}"
+    );
+    assert!(
+        report["rejected"]["duplicate"].as_u64().unwrap() > 0,
+        "{report}"
+    );
     for f in &labels.faults {
         let hit = incidents.iter().find(|i| {
-            i.rule == f.rule && i.opened_at >= f.start && i.opened_at <= f.end + chrono::Duration::minutes(5)
+            i.rule == f.rule
+                && i.opened_at >= f.start
+                && i.opened_at <= f.end + chrono::Duration::minutes(5)
         });
-        let hit = hit.unwrap_or_else(|| panic!("fault {f:?} not detected; incidents: {incidents:#?}"));
-        assert_eq!(hit.root_causes[0].dims, f.dims, "fault {} localized wrong", f.id);
+        let hit =
+            hit.unwrap_or_else(|| panic!("fault {f:?} not detected; incidents: {incidents:#?}"));
+        assert_eq!(
+            hit.root_causes[0].dims, f.dims,
+            "fault {} localized wrong",
+            f.id
+        );
         assert!(!hit.title.is_empty() && !hit.summary.is_empty());
         assert!(hit.links.iter().all(|l| l.url.starts_with("https://")));
     }
-    assert_eq!(incidents.len(), labels.faults.len(), "extra incidents: {incidents:#?}");
+    assert_eq!(
+        incidents.len(),
+        labels.faults.len(),
+        "extra incidents: {incidents:#?}"
+    );
 }
 
 #[test]
@@ -77,7 +103,12 @@ fn replay_reads_stdin_and_counts_bad_lines() {
         .spawn()
         .unwrap();
     let input = "{\"id\":\"a\",\"ts\":\"2026-03-02T00:00:00Z\",\"kind\":\"auth\",\"outcome\":\"success\",\"provider\":\"p\",\"region\":\"r\"}\nnot json\n{\"id\":\"a\",\"ts\":\"2026-03-02T00:00:01Z\",\"kind\":\"auth\",\"outcome\":\"success\",\"provider\":\"p\",\"region\":\"r\"}\n\n";
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
@@ -94,16 +125,33 @@ fn replay_with_unusable_rules_exits_2() {
     std::fs::write(dir.path().join("bad.yaml"), "rules:\n  - name: x\n").unwrap();
     let events = dir.path().join("e.ndjson");
     std::fs::write(&events, "").unwrap();
-    let out = bin().args(["replay", "--events"]).arg(&events).arg("--rules").arg(dir.path()).output().unwrap();
+    let out = bin()
+        .args(["replay", "--events"])
+        .arg(&events)
+        .arg("--rules")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let missing = bin().args(["replay", "--events", "/nonexistent/file.ndjson"]).output().unwrap();
+    let missing = bin()
+        .args(["replay", "--events", "/nonexistent/file.ndjson"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
 
 #[test]
 fn rules_check_names_file_rule_and_field() {
-    let ok = bin().args(["rules", "check"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = bin()
+        .args(["rules", "check"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -111,10 +159,17 @@ fn rules_check_names_file_rule_and_field() {
         "rules:\n  - name: team_auth\n    kind: auth\n    dimensions: [provider]\n    window: 5m\n    step: 30s\n    severity: critical\n    treshold: 3\n",
     )
     .unwrap();
-    let out = bin().args(["rules", "check"]).arg(dir.path()).output().unwrap();
+    let out = bin()
+        .args(["rules", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("team.yaml") && err.contains("team_auth") && err.contains("treshold"), "{err}");
+    assert!(
+        err.contains("team.yaml") && err.contains("team_auth") && err.contains("treshold"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -134,7 +189,8 @@ fn rca_prints_the_root_cause_set() {
     let out = bin().arg("rca").arg(&path).output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let first: BTreeMap<String, String> = serde_json::from_value(v["root_causes"][0]["dims"].clone()).unwrap();
+    let first: BTreeMap<String, String> =
+        serde_json::from_value(v["root_causes"][0]["dims"].clone()).unwrap();
     assert_eq!(first, BTreeMap::from([("a".to_string(), "a3".to_string())]));
     assert_eq!(v["root_causes"].as_array().unwrap().len(), 1);
 }

@@ -18,7 +18,9 @@ use secrecy::SecretString;
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -29,11 +31,21 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     // Chunked bodies: keep the JSON between the chunk sizes.
     let body = if body.contains("\r\n") && !body.trim_start().starts_with('{') {
-        body.lines().filter(|l| l.starts_with('{') || l.starts_with('[')).collect::<Vec<_>>().join("")
+        body.lines()
+            .filter(|l| l.starts_with('{') || l.starts_with('['))
+            .collect::<Vec<_>>()
+            .join("")
     } else {
         body
     };
@@ -55,16 +67,31 @@ impl Write for Captured {
 #[test]
 fn http_ingest_detects_and_serves_incidents() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut settings = Settings::default();
-    settings.listen = "127.0.0.1:0".into();
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        ..Settings::default()
+    };
     settings.api.tokens = vec![
-        ApiToken { name: "pusher".into(), secret: SecretString::from("ingest-secret-1".to_string()), scope: Scope::Ingest },
-        ApiToken { name: "reader".into(), secret: SecretString::from("read-secret-1".to_string()), scope: Scope::Read },
+        ApiToken {
+            name: "pusher".into(),
+            secret: SecretString::from("ingest-secret-1".to_string()),
+            scope: Scope::Ingest,
+        },
+        ApiToken {
+            name: "reader".into(),
+            secret: SecretString::from("read-secret-1".to_string()),
+            scope: Scope::Read,
+        },
     ];
     let printed = Captured::default();
     let notifier = Arc::new(StdoutNotifier::with_writer(printed.clone()));
     let app = rt
-        .block_on(App::build_with(&settings, RuleSet::embedded(), Clock::EventTime, notifier))
+        .block_on(App::build_with(
+            &settings,
+            RuleSet::embedded(),
+            Clock::EventTime,
+            notifier,
+        ))
         .unwrap();
     let port = app.port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -77,12 +104,21 @@ fn http_ingest_detects_and_serves_incidents() {
     let labels = sc.labels();
     let first = labels.faults.first().expect("one fault").clone();
     let lines: Vec<String> = Generator::new(&sc).unwrap().map(|l| l.text).collect();
-    assert_eq!(http(port, "POST", "/v1/events", Some("read-secret-1"), b"{}").0, 403);
+    assert_eq!(
+        http(port, "POST", "/v1/events", Some("read-secret-1"), b"{}").0,
+        403
+    );
     assert_eq!(http(port, "POST", "/v1/events", None, b"{}").0, 401);
     let mut accepted = 0u64;
     for chunk in lines.chunks(5000) {
         let body = chunk.join("\n");
-        let (status, resp) = http(port, "POST", "/v1/events", Some("ingest-secret-1"), body.as_bytes());
+        let (status, resp) = http(
+            port,
+            "POST",
+            "/v1/events",
+            Some("ingest-secret-1"),
+            body.as_bytes(),
+        );
         assert_eq!(status, 200, "{resp}");
         let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
         accepted += v["accepted"].as_u64().unwrap();
@@ -92,7 +128,13 @@ fn http_ingest_detects_and_serves_incidents() {
     // Wait (bounded) for the incident to reach the store.
     let deadline = Instant::now() + Duration::from_secs(60);
     let incidents = loop {
-        let (status, body) = http(port, "GET", &format!("/incidents?rule={}", first.rule), Some("read-secret-1"), b"");
+        let (status, body) = http(
+            port,
+            "GET",
+            &format!("/incidents?rule={}", first.rule),
+            Some("read-secret-1"),
+            b"",
+        );
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let list = v["incidents"].as_array().cloned().unwrap_or_default();
@@ -106,12 +148,28 @@ fn http_ingest_detects_and_serves_incidents() {
         serde_json::from_value(incidents[0]["root_causes"][0]["dims"].clone()).unwrap();
     assert_eq!(dims, first.dims);
     let id = incidents[0]["id"].as_str().unwrap();
-    let (status, body) = http(port, "GET", &format!("/incidents/{id}"), Some("read-secret-1"), b"");
+    let (status, body) = http(
+        port,
+        "GET",
+        &format!("/incidents/{id}"),
+        Some("read-secret-1"),
+        b"",
+    );
     assert_eq!(status, 200);
     let one: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(!one["timeline"].as_array().unwrap().is_empty());
     assert!(!one["series"].as_array().unwrap().is_empty());
-    assert_eq!(http(port, "GET", "/incidents/inc_nope", Some("read-secret-1"), b"").0, 404);
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            "/incidents/inc_nope",
+            Some("read-secret-1"),
+            b""
+        )
+        .0,
+        404
+    );
 
     let _ = stop_tx.send(());
     rt.block_on(server).unwrap().unwrap();
@@ -122,7 +180,15 @@ fn http_ingest_detects_and_serves_incidents() {
 #[test]
 fn demo_prints_an_injected_fault_and_its_incident() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
-        .args(["demo", "--duration", "120s", "--speed", "120", "--rate", "80"])
+        .args([
+            "demo",
+            "--duration",
+            "120s",
+            "--speed",
+            "120",
+            "--rate",
+            "80",
+        ])
         .env("FAULTLINE_LISTEN", "127.0.0.1:0")
         .env("FAULTLINE_LOG", "warn")
         .stdout(Stdio::piped())

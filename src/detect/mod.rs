@@ -234,7 +234,10 @@ mod tests {
         assert!((e.mean_volume() - 100.0).abs() < 1e-9);
         assert!((e.rate(0.5, 0.0) - 0.02).abs() < 1e-12);
         e.skip(15, &d);
-        assert!((e.mean_volume() - 100.0).abs() < 1e-9, "skip keeps the mean");
+        assert!(
+            (e.mean_volume() - 100.0).abs() < 1e-9,
+            "skip keeps the mean"
+        );
         assert!(e.n < 500.0 * 0.51);
     }
 
@@ -252,7 +255,8 @@ mod tests {
         let steps = 4000;
         let mut fired = 0;
         for _ in 0..steps {
-            let any = (0..tests).any(|_| directed_llr(pois.sample(&mut rng), 20.0, Direction::Up) >= t);
+            let any =
+                (0..tests).any(|_| directed_llr(pois.sample(&mut rng), 20.0, Direction::Up) >= t);
             fired += any as u32;
         }
         let rate = fired as f64 / steps as f64;

@@ -12,7 +12,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use super::{fingerprint, ts, Incident, Link, RootCause, SeriesPoint, Status, SummarySource, TimeRange, TimelineEntry};
+use super::{
+    fingerprint, ts, Incident, Link, RootCause, SeriesPoint, Status, SummarySource, TimeRange,
+    TimelineEntry,
+};
 use crate::localize::Element;
 use crate::rules::{fill_link, CompiledRule};
 
@@ -86,7 +89,12 @@ fn link_range(rule: &CompiledRule, opened: i64, last: i64) -> (i64, i64) {
     (opened - 3 * w, last + w)
 }
 
-fn links(rule: &CompiledRule, dims: &BTreeMap<String, String>, opened: i64, last: i64) -> Vec<Link> {
+fn links(
+    rule: &CompiledRule,
+    dims: &BTreeMap<String, String>,
+    opened: i64,
+    last: i64,
+) -> Vec<Link> {
     let (from, to) = link_range(rule, opened, last);
     let mut out: Vec<Link> = rule
         .rule
@@ -205,7 +213,12 @@ impl IncidentManager {
                     start: ts(end_ms - window_ms),
                     end: ts(end_ms),
                 };
-                inc.links = links(rule, &inc.root_causes[0].dims, inc.opened_at.timestamp_millis(), end_ms);
+                inc.links = links(
+                    rule,
+                    &inc.root_causes[0].dims,
+                    inc.opened_at.timestamp_millis(),
+                    end_ms,
+                );
                 let timeline = if changed {
                     vec![entry(end_ms, "candidates_changed", String::new())]
                 } else {
@@ -225,7 +238,12 @@ impl IncidentManager {
                     inc.status = Status::Resolved;
                     inc.resolved_at = Some(ts(end_ms));
                     inc.updated_at = ts(end_ms);
-                    inc.links = links(rule, &inc.root_causes[0].dims, inc.opened_at.timestamp_millis(), end_ms);
+                    inc.links = links(
+                        rule,
+                        &inc.root_causes[0].dims,
+                        inc.opened_at.timestamp_millis(),
+                        end_ms,
+                    );
                     let detail = format!("clean for {} steps", o.clean);
                     out.push(Change {
                         transition: Transition::Resolved(inc.clone()),
@@ -278,7 +296,9 @@ impl IncidentManager {
                     opened_at: ts(end_ms),
                     updated_at: ts(end_ms),
                     resolved_at: None,
-                    root_causes: std::iter::once(c.cause.clone()).chain(runners.iter().cloned()).collect(),
+                    root_causes: std::iter::once(c.cause.clone())
+                        .chain(runners.iter().cloned())
+                        .collect(),
                     window: TimeRange {
                         start: ts(end_ms - window_ms),
                         end: ts(end_ms),
@@ -292,7 +312,11 @@ impl IncidentManager {
                 out.push(Change {
                     transition: Transition::Opened(incident.clone()),
                     notify: true,
-                    timeline: vec![entry(end_ms, "opened", format!("anomalous for {count} steps"))],
+                    timeline: vec![entry(
+                        end_ms,
+                        "opened",
+                        format!("anomalous for {count} steps"),
+                    )],
                     point: Some(point(end_ms, &c.cause, volume_rule)),
                 });
                 self.open.push(Open {

@@ -10,7 +10,10 @@ use crate::event::MAX_EVENT_BYTES;
 /// buffer one byte over the limit), so it is counted as `oversized`, never held.
 /// A read error ends the iteration (after logging it).
 pub fn lines<R: BufRead>(reader: R) -> Lines<R> {
-    Lines { reader, done: false }
+    Lines {
+        reader,
+        done: false,
+    }
 }
 
 /// Iterator from [`lines`].

@@ -1,4 +1,4 @@
 //! TODO-module ingest
 pub mod dedupe;
-pub mod generator;
 pub mod file;
+pub mod generator;

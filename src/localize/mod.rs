@@ -129,7 +129,12 @@ struct Cand {
 }
 
 /// Localizes over `dims` dimensions.
-pub fn localize(dims: usize, leaves: &[Leaf], criteria: &Criteria, limits: &Limits) -> Localization {
+pub fn localize(
+    dims: usize,
+    leaves: &[Leaf],
+    criteria: &Criteria,
+    limits: &Limits,
+) -> Localization {
     let dims = dims.min(MAX_DIMS);
     if leaves.is_empty() || dims == 0 {
         return Localization::default();
@@ -169,7 +174,15 @@ pub fn localize(dims: usize, leaves: &[Leaf], criteria: &Criteria, limits: &Limi
                 (llr >= limits.expand_llr).then(|| {
                     let mut key = [0u32; MAX_DIMS];
                     key[d] = v as u32;
-                    Element { mask: 1 << d, key, real: r, predict: p, volume: vol, llr, score: 0.0 }
+                    Element {
+                        mask: 1 << d,
+                        key,
+                        real: r,
+                        predict: p,
+                        volume: vol,
+                        llr,
+                        score: 0.0,
+                    }
                 })
             })
             .collect();
@@ -177,7 +190,10 @@ pub fn localize(dims: usize, leaves: &[Leaf], criteria: &Criteria, limits: &Limi
         scored.truncate(limits.beam);
         for el in scored {
             visited.insert((el.mask, el.key));
-            layer.push(Cand { el, leaves: Vec::new() });
+            layer.push(Cand {
+                el,
+                leaves: Vec::new(),
+            });
         }
     }
     // Leaf lists for the layer-1 survivors.
@@ -227,7 +243,15 @@ pub fn localize(dims: usize, leaves: &[Leaf], criteria: &Criteria, limits: &Limi
                     let llr = directed_llr(r, p, dir);
                     if llr >= limits.expand_llr {
                         next.push(Cand {
-                            el: Element { mask, key, real: r, predict: p, volume: vol, llr, score: 0.0 },
+                            el: Element {
+                                mask,
+                                key,
+                                real: r,
+                                predict: p,
+                                volume: vol,
+                                llr,
+                                score: 0.0,
+                            },
                             leaves: ls,
                         });
                     }
@@ -274,7 +298,11 @@ pub fn localize(dims: usize, leaves: &[Leaf], criteria: &Criteria, limits: &Limi
         chosen[i] = true;
         let mut el = residual[i].clone();
         let excess = (el.real - el.predict).abs();
-        el.score = if total_excess > 0.0 { (excess / total_excess).min(1.0) } else { 0.0 };
+        el.score = if total_excess > 0.0 {
+            (excess / total_excess).min(1.0)
+        } else {
+            0.0
+        };
         for &li in &pool[i].leaves {
             explained[li as usize] = true;
         }
@@ -305,11 +333,17 @@ pub fn localize(dims: usize, leaves: &[Leaf], criteria: &Criteria, limits: &Limi
     let mut candidates: Vec<Element> = pool
         .iter()
         .enumerate()
-        .filter(|(i, c)| !chosen[*i] && criteria.passes_floors(c.el.real, c.el.predict, c.el.volume))
+        .filter(|(i, c)| {
+            !chosen[*i] && criteria.passes_floors(c.el.real, c.el.predict, c.el.volume)
+        })
         .map(|(_, c)| {
             let mut e = c.el.clone();
             let excess = (e.real - e.predict).abs();
-            e.score = if total_excess > 0.0 { (excess / total_excess).min(1.0) } else { 0.0 };
+            e.score = if total_excess > 0.0 {
+                (excess / total_excess).min(1.0)
+            } else {
+                0.0
+            };
             e
         })
         .collect();
@@ -359,13 +393,21 @@ mod tests {
                     rate = *r;
                 }
             }
-            leaves.push(Leaf { key, real: (n * rate).round(), predict: n * 0.01, volume: n });
+            leaves.push(Leaf {
+                key,
+                real: (n * rate).round(),
+                predict: n * 0.01,
+                volume: n,
+            });
         }
         leaves
     }
 
     fn dims_of(e: &Element) -> Vec<(usize, u32)> {
-        (0..MAX_DIMS).filter(|d| e.mask & (1 << d) != 0).map(|d| (d, e.key[d])).collect()
+        (0..MAX_DIMS)
+            .filter(|d| e.mask & (1 << d) != 0)
+            .map(|d| (d, e.key[d]))
+            .collect()
     }
 
     #[test]
@@ -412,7 +454,11 @@ mod tests {
                 l.real = 0.0;
             }
         }
-        let c = Criteria { direction: Direction::Down, ratio: 0.3, ..criteria() };
+        let c = Criteria {
+            direction: Direction::Down,
+            ratio: 0.3,
+            ..criteria()
+        };
         let loc = localize(2, &leaves, &c, &Limits::default());
         assert_eq!(loc.causes.len(), 1, "{:?}", loc.causes);
         assert_eq!(dims_of(&loc.causes[0]), vec![(0, 3)]);

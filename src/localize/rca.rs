@@ -31,33 +31,49 @@ pub struct RcaOutput {
 
 /// Reads a CSV and localizes.
 pub fn run_file(path: &Path) -> anyhow::Result<String> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let out = run_reader(std::io::BufReader::with_capacity(1 << 20, file))?;
     Ok(serde_json::to_string(&out)?)
 }
 
 /// Localizes the snapshot in a CSV reader.
 pub fn run_reader<R: std::io::Read>(reader: R) -> anyhow::Result<RcaOutput> {
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(reader);
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(reader);
     let headers = rdr.headers().context("reading the header")?.clone();
     let real_col = headers.iter().position(|h| h == "real");
     let predict_col = headers.iter().position(|h| h == "predict");
     let (Some(real_col), Some(predict_col)) = (real_col, predict_col) else {
         bail!("the header needs `real` and `predict` columns");
     };
-    let dim_cols: Vec<usize> = (0..headers.len()).filter(|&i| i != real_col && i != predict_col).collect();
+    let dim_cols: Vec<usize> = (0..headers.len())
+        .filter(|&i| i != real_col && i != predict_col)
+        .collect();
     if dim_cols.is_empty() || dim_cols.len() > MAX_DIMS {
-        bail!("between 1 and {MAX_DIMS} dimension columns are supported, found {}", dim_cols.len());
+        bail!(
+            "between 1 and {MAX_DIMS} dimension columns are supported, found {}",
+            dim_cols.len()
+        );
     }
     let mut interners: Vec<Interner> = dim_cols.iter().map(|_| Interner::default()).collect();
     let mut leaves = Vec::new();
     let mut record = csv::ByteRecord::new();
     let mut row = 1u64;
-    while rdr.read_byte_record(&mut record).with_context(|| format!("reading row {row}"))? {
+    while rdr
+        .read_byte_record(&mut record)
+        .with_context(|| format!("reading row {row}"))?
+    {
         row += 1;
         let num = |i: usize| -> anyhow::Result<f64> {
             let s = std::str::from_utf8(record.get(i).unwrap_or_default()).unwrap_or("");
-            let v: f64 = s.trim().parse().with_context(|| format!("row {row}: `{}` is not a number", headers.get(i).unwrap_or("")))?;
+            let v: f64 = s.trim().parse().with_context(|| {
+                format!(
+                    "row {row}: `{}` is not a number",
+                    headers.get(i).unwrap_or("")
+                )
+            })?;
             if !v.is_finite() {
                 bail!("row {row}: not a finite number");
             }
@@ -70,9 +86,17 @@ pub fn run_reader<R: std::io::Read>(reader: R) -> anyhow::Result<RcaOutput> {
             let v = String::from_utf8_lossy(record.get(c).unwrap_or_default());
             key[d] = interners[d].intern(Some(&v));
         }
-        leaves.push(Leaf { key, real, predict, volume: predict.abs() });
+        leaves.push(Leaf {
+            key,
+            real,
+            predict,
+            volume: predict.abs(),
+        });
     }
-    let names: Vec<String> = dim_cols.iter().map(|&c| headers.get(c).unwrap_or("").to_string()).collect();
+    let names: Vec<String> = dim_cols
+        .iter()
+        .map(|&c| headers.get(c).unwrap_or("").to_string())
+        .collect();
     let causes = localize_both(names.len(), &leaves);
     Ok(RcaOutput {
         root_causes: causes
@@ -127,7 +151,11 @@ mod tests {
         }
         let out = run_reader(csv.as_bytes()).unwrap();
         assert_eq!(out.root_causes.len(), 1, "{out:?}");
-        let want: BTreeMap<String, String> = [("a".to_string(), "a2".to_string()), ("b".to_string(), "b3".to_string())].into();
+        let want: BTreeMap<String, String> = [
+            ("a".to_string(), "a2".to_string()),
+            ("b".to_string(), "b3".to_string()),
+        ]
+        .into();
         assert_eq!(out.root_causes[0].dims, want);
     }
 

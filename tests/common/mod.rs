@@ -1,0 +1,5 @@
+//! Helpers shared by integration tests. Each test binary that declares
+//! `mod common;` uses only part of them, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod hostile;
