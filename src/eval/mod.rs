@@ -576,36 +576,4 @@ mod tests {
         assert_eq!(r.unmatched[0].id, "inc_late");
     }
 
-    /// faultline and the naive baseline on the tuning seeds (or `EVAL_SEEDS=101,102`
-    /// at `EVAL_RATE` events/s), in release mode:
-    /// `cargo test --release --lib eval_tuning_seeds -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn eval_tuning_seeds() {
-        let rules = crate::rules::RuleSet::embedded();
-        let seeds: Vec<u64> = std::env::var("EVAL_SEEDS")
-            .unwrap_or_else(|_| "1,2,3".into())
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
-        let rate: f64 = std::env::var("EVAL_RATE")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(200.0);
-        for seed in seeds {
-            let sc = Scenario::standard(seed, 3 * 3_600_000, rate);
-            let labels = sc.labels();
-            let lines = || {
-                crate::ingest::generator::Generator::new(&sc)
-                    .unwrap()
-                    .map(|l| l.text)
-            };
-            let out = crate::pipeline::replay_lines(lines(), &rules);
-            println!("seed {seed}\n{}", score(&out.incidents, &labels).table());
-            let mut naive = score(&naive::run(lines(), &rules), &labels);
-            naive.detector = "naive".into();
-            naive.unmatched.clear();
-            println!("{}", naive.table());
-        }
-    }
 }

@@ -2409,25 +2409,4 @@ mod tests {
         }
     }
 
-    /// Generation speed in release mode:
-    /// `cargo test --release --lib generation_speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn generation_speed() {
-        let sc = Scenario::standard(1, 3 * HOUR, 500.0);
-        let started = std::time::Instant::now();
-        let mut lines = 0u64;
-        let mut bytes = 0usize;
-        for l in Generator::new(&sc).unwrap() {
-            lines += 1;
-            bytes += l.text.len() + 1;
-        }
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "{lines} lines, {:.0} MB in {secs:.2} s: {:.2} M lines/s, {:.0} MB/s",
-            bytes as f64 / 1e6,
-            lines as f64 / secs / 1e6,
-            bytes as f64 / secs / 1e6
-        );
-    }
 }
