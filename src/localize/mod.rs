@@ -25,6 +25,7 @@
 //! Pure and synchronous: the daemon calls it at every evaluation step and
 //! `faultline rca` on a CSV snapshot.
 
+pub mod cover;
 pub mod rca;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -266,13 +267,24 @@ pub fn localize(
     pool.append(&mut layer);
 
     let threshold = llr_threshold(criteria.alpha, tested);
-    let total_excess: f64 = leaves
+    // The net deviation of everything: summing only the leaves that deviate the
+    // right way would count the noise of thousands of sparse leaves (one failure
+    // where 0.05 were expected) and make a clean outage look like a small share.
+    let (sum_real, sum_predict) = leaves
         .iter()
-        .map(|l| match dir {
-            crate::detect::Direction::Up => (l.real - l.predict).max(0.0),
-            crate::detect::Direction::Down => (l.predict - l.real).max(0.0),
-        })
-        .sum();
+        .fold((0.0, 0.0), |(r, p), l| (r + l.real, p + l.predict));
+    let total_excess = match dir {
+        crate::detect::Direction::Up => sum_real - sum_predict,
+        crate::detect::Direction::Down => sum_predict - sum_real,
+    }
+    .max(0.0);
+    let share = |excess: f64| {
+        if excess > 0.0 {
+            excess / total_excess.max(excess)
+        } else {
+            0.0
+        }
+    };
 
     // Greedy selection on unexplained leaves.
     let mut explained = vec![false; leaves.len()];
@@ -298,11 +310,7 @@ pub fn localize(
         chosen[i] = true;
         let mut el = residual[i].clone();
         let excess = (el.real - el.predict).abs();
-        el.score = if total_excess > 0.0 {
-            (excess / total_excess).min(1.0)
-        } else {
-            0.0
-        };
+        el.score = share(excess);
         for &li in &pool[i].leaves {
             explained[li as usize] = true;
         }
@@ -339,11 +347,7 @@ pub fn localize(
         .map(|(_, c)| {
             let mut e = c.el.clone();
             let excess = (e.real - e.predict).abs();
-            e.score = if total_excess > 0.0 {
-                (excess / total_excess).min(1.0)
-            } else {
-                0.0
-            };
+            e.score = share(excess);
             e
         })
         .collect();

@@ -1,0 +1,369 @@
+//! Relative-deviation localization for forecast snapshots (`faultline rca`).
+//!
+//! The daemon localizes *counts* (failures against attempts times a baseline), where
+//! Poisson deviance is the right evidence. A forecast snapshot is different: `real`
+//! and `predict` are additive measures with forecast noise proportional to the value,
+//! so the deviance of a large aggregate explodes on noise alone and ranks big,
+//! diluted ancestors above the true cause. Here the evidence is relative:
+//!
+//! 1. **Classify leaves.** Each leaf's relative deviation `(real - predict) / predict`
+//!    is compared with a threshold `t` estimated from the data: `t = 6 x` the first
+//!    quartile of `|dev|` over the leaves still considered normal (for uniform noise of
+//!    width n that is 1.5 n, for Gaussian noise 1.9 sigma), iterated so that a large
+//!    anomaly does not inflate its own threshold (floor 0.05). The denominator has a
+//!    floor (`max`) at the 5th percentile of the forecasts, so leaves below the data's
+//!    resolution cannot look infinitely deviant. Leaves are normal, up, down, or
+//!    neutral (`predict = real = 0`, or a combination absent from the input).
+//! 2. **Pure elements, shallowest first.** An element is a cause candidate when at
+//!    least `purity` of its non-neutral leaves deviate in the same direction. Layers are
+//!    scanned from one dimension down to all of them; a pure element closes its leaves,
+//!    so its descendants (pure too, but redundant) are never reported and deeper
+//!    layers only look at leaves nothing explains yet. Only elements holding at least
+//!    one unexplained abnormal leaf are examined, and each stops counting as soon as it
+//!    has seen enough normal leaves to be impure: the search prunes rather than
+//!    enumerates, which is what keeps 24 million leaves within seconds.
+//! 3. **Cutoff.** At most `max_causes` elements, largest absolute deviation first.
+//!
+//! Leaves live in a dense grid (the product of the dimension sizes, absent
+//! combinations neutral), so an element's leaves are enumerated by index arithmetic
+//! with no per-element lists.
+
+use rustc_hash::FxHashMap;
+
+use super::Element;
+use crate::window::MAX_DIMS;
+
+/// Tuning of the relative-deviation search.
+#[derive(Debug, Clone, Copy)]
+pub struct CoverOptions {
+    /// Share of an element's non-neutral leaves that must deviate the same way.
+    pub purity: f64,
+    /// The leaf threshold is this multiple of a low quantile of the absolute
+    /// relative deviations (see `deviation_quantile`).
+    pub deviation_multiple: f64,
+    /// Quantile of the absolute relative deviations that measures the noise; low, so
+    /// that causes covering up to three quarters of the leaves do not inflate it.
+    pub deviation_quantile: f64,
+    /// Lowest leaf threshold (relative deviation), whatever the noise.
+    pub min_threshold: f64,
+    /// Most elements reported.
+    pub max_causes: usize,
+    /// Quantile of the positive forecasts added to every denominator.
+    pub predict_floor_quantile: f64,
+}
+
+impl Default for CoverOptions {
+    fn default() -> Self {
+        CoverOptions {
+            purity: 0.9,
+            deviation_multiple: 6.0,
+            deviation_quantile: 0.25,
+            min_threshold: 0.05,
+            max_causes: 5,
+            predict_floor_quantile: 0.05,
+        }
+    }
+}
+
+/// Leaf classes.
+const NEUTRAL: u8 = 0;
+const NORMAL: u8 = 1;
+const UP: u8 = 2;
+const DOWN: u8 = 3;
+
+/// A snapshot as a dense grid over the dimension sizes.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    /// Values per dimension (value ids run `0..size`).
+    pub sizes: Vec<u32>,
+    /// Observed value per cell, row-major (last dimension fastest).
+    pub real: Vec<f64>,
+    /// Expected value per cell.
+    pub predict: Vec<f64>,
+}
+
+/// Cells a grid may have at most, relative to the leaves given: sparser inputs go to
+/// the daemon's list-based search instead.
+pub fn grid_fits(sizes: &[u32], leaves: usize) -> bool {
+    let cells = sizes.iter().map(|&s| s as u128).product::<u128>();
+    !sizes.is_empty()
+        && sizes.len() <= MAX_DIMS
+        && cells <= (8 * leaves as u128).max(1 << 16)
+        && cells <= u32::MAX as u128
+}
+
+impl Grid {
+    /// An empty grid (every cell neutral).
+    pub fn new(sizes: &[u32]) -> Grid {
+        let cells = sizes.iter().map(|&s| s as usize).product::<usize>();
+        Grid {
+            sizes: sizes.to_vec(),
+            real: vec![0.0; cells],
+            predict: vec![0.0; cells],
+        }
+    }
+
+    /// Row-major strides.
+    fn strides(&self) -> Vec<usize> {
+        let mut s = vec![1usize; self.sizes.len()];
+        for d in (0..self.sizes.len().saturating_sub(1)).rev() {
+            s[d] = s[d + 1] * self.sizes[d + 1] as usize;
+        }
+        s
+    }
+
+    /// Cell index of a key (value ids per dimension).
+    pub fn index(&self, key: &[u32]) -> usize {
+        let st = self.strides();
+        key.iter().zip(&st).map(|(&v, &s)| v as usize * s).sum()
+    }
+
+    /// Adds a leaf (duplicates add up: the measures are additive).
+    pub fn add(&mut self, key: &[u32], real: f64, predict: f64) {
+        let i = self.index(key);
+        self.real[i] += real;
+        self.predict[i] += predict;
+    }
+}
+
+fn classify(grid: &Grid, opts: &CoverOptions) -> (Vec<u8>, f64) {
+    let n = grid.real.len();
+    // A sample is enough for quantiles; a fixed stride keeps it deterministic.
+    let step = (n / 400_000).max(1);
+    // The denominator is at least a low quantile of the forecasts: leaves below the
+    // data's resolution (a forecast of 0.004 written as 0.00) must not look infinitely
+    // deviant.
+    let mut small: Vec<f64> = (0..n)
+        .step_by(step)
+        .map(|i| grid.predict[i])
+        .filter(|&p| p > 0.0)
+        .collect();
+    let floor = if small.is_empty() {
+        0.0
+    } else {
+        let k = ((small.len() as f64 * opts.predict_floor_quantile) as usize).min(small.len() - 1);
+        *small.select_nth_unstable_by(k, f64::total_cmp).1
+    };
+    let dev = |i: usize| -> Option<f64> {
+        let (r, p) = (grid.real[i], grid.predict[i]);
+        if p > 0.0 || r != 0.0 {
+            // max, not sum: leaves above the floor keep their plain relative
+            // deviation, so the noise estimate is not shrunk by the floor.
+            let den = p.max(floor);
+            Some(if den > 0.0 {
+                (r - p) / den
+            } else {
+                f64::INFINITY.copysign(r)
+            })
+        } else {
+            None
+        }
+    };
+    let sample: Vec<f64> = (0..n).step_by(step).filter_map(dev).map(f64::abs).collect();
+    let mut t = f64::INFINITY;
+    for _ in 0..8 {
+        let mut inside: Vec<f64> = sample.iter().copied().filter(|&x| x < t).collect();
+        if inside.is_empty() {
+            break;
+        }
+        let k = ((inside.len() as f64 * opts.deviation_quantile) as usize).min(inside.len() - 1);
+        let (_, m, _) = inside.select_nth_unstable_by(k, f64::total_cmp);
+        let next = (opts.deviation_multiple * *m).max(opts.min_threshold);
+        if (next - t).abs() < 1e-9 {
+            break;
+        }
+        t = next;
+    }
+    let t = if t.is_finite() { t } else { opts.min_threshold };
+    let cls = (0..n)
+        .map(|i| match dev(i) {
+            None => NEUTRAL,
+            Some(x) if x > t => UP,
+            Some(x) if x < -t => DOWN,
+            Some(_) => NORMAL,
+        })
+        .collect();
+    (cls, t)
+}
+
+/// Walks the cells of one element: `fixed` holds (stride, value) per fixed dimension,
+/// `free` (stride, size) per free one. Stops when `f` returns false.
+fn for_each_cell(base: usize, free: &[(usize, u32)], mut f: impl FnMut(usize) -> bool) {
+    let mut ctr = vec![0u32; free.len()];
+    let mut idx = base;
+    loop {
+        if !f(idx) {
+            return;
+        }
+        // Odometer over the free dimensions, last fastest.
+        let mut d = free.len();
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            let (s, size) = free[d];
+            ctr[d] += 1;
+            idx += s;
+            if ctr[d] < size {
+                break;
+            }
+            idx -= s * size as usize;
+            ctr[d] = 0;
+        }
+    }
+}
+
+/// Localizes the deviation in a grid; elements carry value ids in `key`.
+pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
+    let dims = grid.sizes.len().min(MAX_DIMS);
+    if dims == 0 || grid.real.is_empty() {
+        return Vec::new();
+    }
+    let strides = grid.strides();
+    let (cls, _t) = classify(grid, opts);
+    let mut open: Vec<u32> = (0..cls.len() as u32)
+        .filter(|&i| cls[i as usize] >= UP)
+        .collect();
+    let mut closed = vec![false; cls.len()];
+    let mut found: Vec<Element> = Vec::new();
+
+    let mut masks: Vec<u8> = (1u8..(1u8 << dims)).collect();
+    masks.sort_by_key(|m| (m.count_ones(), *m));
+    let mut depth = 0;
+    let mut layer_closed: Vec<(usize, Vec<(usize, u32)>)> = Vec::new();
+    for mask in masks {
+        if mask.count_ones() != depth {
+            // New layer: close the leaves of what the previous one found.
+            for (base, free) in layer_closed.drain(..) {
+                for_each_cell(base, &free, |i| {
+                    closed[i] = true;
+                    true
+                });
+            }
+            open.retain(|&i| !closed[i as usize]);
+            depth = mask.count_ones();
+        }
+        if open.is_empty() {
+            break;
+        }
+        let fixed: Vec<usize> = (0..dims).filter(|d| mask & (1 << d) != 0).collect();
+        let free: Vec<(usize, u32)> = (0..dims)
+            .filter(|d| mask & (1 << d) == 0)
+            .map(|d| (strides[d], grid.sizes[d]))
+            .collect();
+        let cells: usize = free.iter().map(|&(_, s)| s as usize).product();
+        // Elements holding unexplained abnormal leaves, by their base cell.
+        let mut elems: FxHashMap<usize, u32> = FxHashMap::default();
+        for &i in &open {
+            let i = i as usize;
+            let base: usize = fixed
+                .iter()
+                .map(|&d| (i / strides[d]) % grid.sizes[d] as usize * strides[d])
+                .sum();
+            *elems.entry(base).or_default() += 1;
+        }
+        let mut bases: Vec<usize> = elems.into_keys().collect();
+        bases.sort_unstable();
+        let max_normal = ((1.0 - opts.purity) * cells as f64).floor() as usize;
+        for base in bases {
+            let (mut normal, mut up, mut down) = (0usize, 0usize, 0usize);
+            let (mut real, mut predict) = (0.0, 0.0);
+            for_each_cell(base, &free, |i| {
+                match cls[i] {
+                    NORMAL => normal += 1,
+                    UP => up += 1,
+                    DOWN => down += 1,
+                    _ => {}
+                }
+                real += grid.real[i];
+                predict += grid.predict[i];
+                normal <= max_normal
+            });
+            let nz = normal + up + down;
+            if normal > max_normal || nz == 0 {
+                continue;
+            }
+            let purity = up.max(down) as f64 / nz as f64;
+            if purity < opts.purity {
+                continue;
+            }
+            let mut key = [0u32; MAX_DIMS];
+            for &d in &fixed {
+                key[d] = ((base / strides[d]) % grid.sizes[d] as usize) as u32;
+            }
+            found.push(Element {
+                mask,
+                key,
+                real,
+                predict,
+                volume: predict,
+                llr: purity,
+                score: 0.0,
+            });
+            layer_closed.push((base, free.clone()));
+        }
+    }
+    let total: f64 = found.iter().map(|e| (e.real - e.predict).abs()).sum();
+    for e in &mut found {
+        e.score = if total > 0.0 {
+            (e.real - e.predict).abs() / total
+        } else {
+            0.0
+        };
+    }
+    found.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.mask.cmp(&b.mask))
+            .then(a.key.cmp(&b.key))
+    });
+    found.truncate(opts.max_causes);
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid(sizes: &[u32], cause: &[(usize, u32)], factor: f64) -> Grid {
+        let mut g = Grid::new(sizes);
+        let n = g.real.len();
+        for i in 0..n {
+            let mut rest = i;
+            let mut key = vec![0u32; sizes.len()];
+            for d in (0..sizes.len()).rev() {
+                key[d] = (rest % sizes[d] as usize) as u32;
+                rest /= sizes[d] as usize;
+            }
+            let p = 10.0 + (i % 7) as f64;
+            let hit = cause.iter().all(|&(d, v)| key[d] == v);
+            g.real[i] = if hit { p * factor } else { p };
+            g.predict[i] = p;
+        }
+        g
+    }
+
+    #[test]
+    fn finds_a_two_dimension_drop() {
+        let g = grid(&[5, 6, 7], &[(0, 2), (2, 3)], 0.3);
+        let out = localize_grid(&g, &CoverOptions::default());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].mask, 0b101);
+        assert_eq!((out[0].key[0], out[0].key[2]), (2, 3));
+    }
+
+    #[test]
+    fn finds_a_full_depth_rise() {
+        let g = grid(&[5, 6, 7], &[(0, 4), (1, 0), (2, 6)], 3.0);
+        let out = localize_grid(&g, &CoverOptions::default());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].mask, 0b111);
+    }
+
+    #[test]
+    fn quiet_grid_has_no_cause() {
+        let g = grid(&[5, 6, 7], &[], 1.0);
+        assert!(localize_grid(&g, &CoverOptions::default()).is_empty());
+    }
+}
