@@ -16,9 +16,10 @@ use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::engine::EngineOptions;
 use crate::event::Event;
+use crate::ingest::nats::NatsSource;
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, StdoutNotifier};
-use crate::pipeline::{self, Clock, Outputs};
+use crate::pipeline::{self, CatchUp, Clock, Outputs};
 use crate::rules::RuleSet;
 use crate::store::{MemoryLimits, MemoryStore, Store};
 use crate::summarize::{Summarizer, TemplateSummarizer};
@@ -36,6 +37,9 @@ pub struct App {
     engine_opts: EngineOptions,
     clock: Clock,
     transition_capacity: usize,
+    /// JetStream ingest beside HTTP, when `nats.url` is set.
+    nats: Option<NatsSource>,
+    catch_up: Arc<CatchUp>,
 }
 
 impl App {
@@ -52,7 +56,6 @@ impl App {
         notifier: Arc<dyn Notifier>,
     ) -> anyhow::Result<App> {
         for (name, on) in [
-            ("NATS", settings.nats.enabled()),
             ("ClickHouse", settings.clickhouse.enabled()),
             ("LLM", settings.llm.enabled()),
             ("Slack", settings.slack.enabled()),
@@ -75,6 +78,28 @@ impl App {
             dedupe_horizon_ms: settings.engine.dedupe_horizon.ms(),
             max_cells_per_rule: settings.engine.max_cells_per_rule,
         };
+        let (nats, catch_up) = if settings.nats.enabled() {
+            // Windows are rebuilt from the stream over the longest rule window
+            // plus the longest baseline warm-up, capped by what the stream keeps.
+            let span_ms = rules
+                .rules
+                .iter()
+                .map(|r| r.rule.window.ms() + r.rule.baseline.warmup.ms())
+                .max()
+                .unwrap_or(0)
+                .min(settings.nats.max_age.ms())
+                .max(0);
+            let source = NatsSource::connect(
+                &settings.nats,
+                Duration::from_millis(span_ms as u64),
+                engine_opts.lateness_ms,
+                metrics.clone(),
+            )
+            .await?;
+            (Some(source), Arc::new(CatchUp::replaying()))
+        } else {
+            (None, Arc::new(CatchUp::idle()))
+        };
         Ok(App {
             listener,
             addr,
@@ -90,6 +115,8 @@ impl App {
             engine_opts,
             clock,
             transition_capacity: settings.engine.transition_channel_capacity.max(1),
+            nats,
+            catch_up,
         })
     }
 
@@ -131,23 +158,47 @@ impl App {
             engine_opts,
             clock,
             transition_capacity,
+            nats,
+            catch_up,
             ..
         } = self;
         let (changes_tx, changes_rx) = mpsc::channel(transition_capacity);
-        let engine = tokio::spawn(pipeline::run_engine(
+        let engine = tokio::spawn(pipeline::run_engine_with(
             events_rx,
             outputs.rules.clone(),
             engine_opts,
             clock,
             changes_tx,
             outputs.metrics.clone(),
+            catch_up.clone(),
         ));
-        let sinks = tokio::spawn(pipeline::run_outputs(changes_rx, outputs));
-        // The server owns the last event senders once the caller's are dropped:
-        // when it stops, the engine sees its channel close and drains.
-        api::serve(listener, state, shutdown)
-            .await
-            .context("HTTP server failed")?;
+        let sinks = tokio::spawn(pipeline::run_outputs_with(
+            changes_rx,
+            outputs,
+            catch_up.clone(),
+        ));
+        // One stop signal for every source: HTTP and NATS stop intake together.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let source = nats.map(|n| tokio::spawn(n.run(state.ingest.clone(), stop_rx, catch_up)));
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        // The server and the NATS source own the last event senders once the
+        // caller's are dropped: when both stop, the engine sees its channel close
+        // and drains.
+        let served = api::serve(listener, state, shutdown).await;
+        if let Some(mut source) = source {
+            // The source finishes its batch in flight and acks it.
+            if tokio::time::timeout(SHUTDOWN_DEADLINE, &mut source)
+                .await
+                .is_err()
+            {
+                tracing::warn!("NATS ingest did not stop before the shutdown deadline");
+                source.abort();
+            }
+        }
+        served.context("HTTP server failed")?;
         let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
             let stats = engine.await;
             let _ = sinks.await;

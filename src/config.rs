@@ -116,6 +116,31 @@ pub struct NatsSettings {
     pub stream: String,
     /// Subjects of the stream (`FAULTLINE_NATS_SUBJECTS`, comma-separated).
     pub subjects: Vec<String>,
+    /// How long the stream keeps messages when faultline creates it. Restart
+    /// rebuilds windows from the stream, so keep it above the longest rule
+    /// window plus the baseline warm-up.
+    pub max_age: Dur,
+    /// Retention policy when faultline creates the stream: `limits` (keep
+    /// messages until `max_age`; needed to rebuild windows on restart),
+    /// `interest` or `workqueue` (acked messages are removed).
+    pub retention: NatsRetention,
+    /// Deliveries of one message before the server gives up on it, so a message
+    /// that keeps failing cannot block the consumer.
+    pub max_deliver: i64,
+    /// Messages fetched per pull request.
+    pub batch_size: usize,
+}
+
+/// `nats.retention`: the JetStream retention policy of a stream faultline creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsRetention {
+    /// Messages stay until the stream's limits (max age) remove them.
+    Limits,
+    /// Messages stay while a consumer has not acked them.
+    Interest,
+    /// A message is removed once acked.
+    Workqueue,
 }
 
 impl Default for NatsSettings {
@@ -124,6 +149,10 @@ impl Default for NatsSettings {
             url: None,
             stream: "PAYMENTS".into(),
             subjects: vec!["payments.>".into()],
+            max_age: Dur(Duration::from_secs(24 * 3600)),
+            retention: NatsRetention::Limits,
+            max_deliver: 5,
+            batch_size: 1000,
         }
     }
 }
@@ -142,6 +171,10 @@ impl fmt::Debug for NatsSettings {
             .field("url", &self.url.as_deref().map(mask_userinfo))
             .field("stream", &self.stream)
             .field("subjects", &self.subjects)
+            .field("max_age", &self.max_age)
+            .field("retention", &self.retention)
+            .field("max_deliver", &self.max_deliver)
+            .field("batch_size", &self.batch_size)
             .finish()
     }
 }
@@ -545,6 +578,15 @@ impl Settings {
                 "nats.subjects",
                 "list at least one non-empty subject",
             ));
+        }
+        if self.nats.max_deliver < 1 {
+            return Err(ConfigError::invalid(
+                "nats.max_deliver",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=100_000).contains(&self.nats.batch_size) {
+            return Err(ConfigError::invalid("nats.batch_size", "must be 1..100000"));
         }
         if let Some(url) = &self.clickhouse.url {
             http_url("clickhouse.url", url)?;

@@ -8,6 +8,7 @@
 //! - [`event`]: the schema v1 event, its validation and the named rejection reasons.
 //! - [`redact`]: the card-data boundary; every stage that lets text out goes through it.
 //! - [`rules`]: rule files (YAML), their validation and the rules shipped in the binary.
+//! - [`ruletest`]: `faultline rules test`, rule unit tests over synthetic series.
 //! - [`ingest`]: sources of events: HTTP, NDJSON files (replay) and the demo generator.
 //! - [`window`]: event-time cells of bucketed counters, the watermark and eviction.
 //! - [`detect`]: baselines, statistical tests, false-alarm control and hysteresis.
@@ -23,16 +24,20 @@
 //! - [`pipeline`]: the async wiring of the stages for `run`, `demo` and `replay`.
 //! - [`demo`]: `faultline demo`, the pipeline on generated traffic in accelerated time.
 //! - [`eval`]: labelled scenarios scored against the incidents they produce.
+//! - [`backtest`]: a rule set over recorded events, and the diff between two rule sets.
+//! - [`explain`]: why an element did or did not fire at one step (`faultline explain`).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
+pub mod backtest;
 pub mod config;
 pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod eval;
 pub mod event;
+pub mod explain;
 pub mod incident;
 pub mod ingest;
 pub mod localize;
@@ -41,6 +46,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod redact;
 pub mod rules;
+pub mod ruletest;
 pub mod store;
 pub mod summarize;
 pub mod window;

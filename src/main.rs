@@ -70,8 +70,14 @@ enum Command {
     },
     /// Writes a labelled scenario: events NDJSON plus the injected faults and quiet cases.
     Gen(faultline::eval::GenArgs),
+    /// Publishes a generated, labelled scenario to the NATS stream (demos, load tests).
+    Load(faultline::ingest::nats::LoadArgs),
     /// Replays a labelled scenario and scores the incidents (recall, precision, top-1, time to detect).
     Eval(faultline::eval::EvalArgs),
+    /// What a rule set would have opened over recorded events; with --against, the diff.
+    Backtest(faultline::backtest::BacktestArgs),
+    /// Why an element did or did not fire at a time: counts, baseline, statistic, conditions.
+    Explain(faultline::explain::ExplainArgs),
     /// Rule files.
     Rules {
         #[command(subcommand)]
@@ -217,7 +223,34 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Backtest(args) => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            report_errors("backtest", faultline::backtest::command(&args, &mut w))
+        }
+        Command::Explain(args) => {
+            let rules = match load_rules(args.rules.clone()) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("faultline explain: rules: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            report_errors(
+                "explain",
+                faultline::explain::command(&args, &rules, &mut w),
+            )
+        }
         Command::Gen(args) => report_errors("gen", faultline::eval::gen_command(&args)),
+        Command::Load(args) => {
+            init_logging("warn");
+            report_errors(
+                "load",
+                runtime().block_on(faultline::ingest::nats::load_command(&args)),
+            )
+        }
         Command::Eval(args) => report_errors("eval", faultline::eval::eval_command(&args)),
         Command::Rules {
             command: RulesCommand::Test { files },

@@ -28,6 +28,48 @@ pub struct Metrics {
     incidents_resolved: AtomicU64,
     open_incidents: AtomicU64,
     notify_failures: AtomicU64,
+    notifications_muted: AtomicU64,
+    incidents_by_status: [AtomicU64; 3],
+    store_writes: Histogram,
+    nats_pending: AtomicU64,
+    nats_connected: AtomicU64,
+}
+
+/// Upper bounds of the store write latency buckets, seconds.
+const WRITE_BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// A fixed-bucket latency histogram of atomics (cumulative on render).
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; WRITE_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = WRITE_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, help, "histogram");
+        let mut cumulative = 0;
+        for (b, n) in WRITE_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
 }
 
 impl Metrics {
@@ -98,6 +140,45 @@ impl Metrics {
     /// One notifier call failed.
     pub fn notify_failure(&self) {
         self.notify_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One change that would have been notified was not: a silence matched, or
+    /// a person had resolved the incident.
+    pub fn notification_muted(&self) {
+        self.notifications_muted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Incidents the store holds, by status; also sets the open-incidents gauge
+    /// (open plus acknowledged).
+    pub fn set_incidents_by_status(&self, open: u64, acknowledged: u64, resolved: u64) {
+        for (slot, n) in self
+            .incidents_by_status
+            .iter()
+            .zip([open, acknowledged, resolved])
+        {
+            slot.store(n, Ordering::Relaxed);
+        }
+        self.set_open_incidents(open + acknowledged);
+    }
+
+    /// One store write took `d`.
+    pub fn store_write(&self, d: std::time::Duration) {
+        self.store_writes.observe(d);
+    }
+
+    /// Messages on the NATS stream not yet delivered to faultline's consumer (lag).
+    pub fn set_nats_pending(&self, n: u64) {
+        self.nats_pending.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether the NATS connection is up now.
+    pub fn set_nats_connected(&self, up: bool) {
+        self.nats_connected.store(up as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the NATS connection was up at the last report.
+    pub fn nats_connected(&self) -> bool {
+        self.nats_connected.load(Ordering::Relaxed) == 1
     }
 
     /// Events received so far.
@@ -195,6 +276,41 @@ impl Metrics {
             "Notifier calls that failed.",
             get(&self.notify_failures),
         );
+        counter(
+            &mut out,
+            "faultline_notifications_muted_total",
+            "Changes not notified because a silence matched or a person had resolved the incident.",
+            get(&self.notifications_muted),
+        );
+        header(
+            &mut out,
+            "faultline_incidents",
+            "Incidents held by the store, by status (as of the scrape).",
+            "gauge",
+        );
+        for (status, n) in ["open", "acknowledged", "resolved"]
+            .iter()
+            .zip(&self.incidents_by_status)
+        {
+            let _ = writeln!(out, "faultline_incidents{{status=\"{status}\"}} {}", get(n));
+        }
+        self.store_writes.render(
+            &mut out,
+            "faultline_store_write_seconds",
+            "Latency of incident writes to the store.",
+        );
+        gauge(
+            &mut out,
+            "faultline_nats_consumer_pending",
+            "Messages on the NATS stream not yet delivered to the faultline consumer.",
+            get(&self.nats_pending),
+        );
+        gauge(
+            &mut out,
+            "faultline_nats_connected",
+            "1 while the NATS connection is up.",
+            get(&self.nats_connected),
+        );
         out
     }
 }
@@ -245,6 +361,9 @@ mod tests {
         m.set_open_incidents(3);
         m.incident_opened();
         m.notify_failure();
+        m.notification_muted();
+        m.set_incidents_by_status(1, 2, 5);
+        m.store_write(std::time::Duration::from_micros(300));
         let text = m.render();
 
         assert!(text.contains(
@@ -255,6 +374,13 @@ mod tests {
         assert!(text.contains("faultline_events_rejected_total{reason=\"missing_id\"} 1\n"));
         assert!(text.contains("# TYPE faultline_active_cells gauge\nfaultline_active_cells 42\n"));
         assert!(text.contains("faultline_open_incidents 3\n"));
+        assert!(text.contains("faultline_incidents{status=\"acknowledged\"} 2\n"));
+        assert!(text.contains("faultline_incidents{status=\"resolved\"} 5\n"));
+        assert!(text.contains("faultline_notifications_muted_total 1\n"));
+        assert!(text.contains("faultline_store_write_seconds_bucket{le=\"0.0001\"} 0\n"));
+        assert!(text.contains("faultline_store_write_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("faultline_store_write_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("faultline_store_write_seconds_count 1\n"));
         assert!(text.contains("faultline_incidents_opened_total 1\n"));
         assert!(text.contains("faultline_notify_failures_total 1\n"));
 
@@ -269,15 +395,22 @@ mod tests {
                 let next = lines.next().unwrap();
                 assert!(next.starts_with(&format!("# TYPE {family} ")), "{next}");
                 let kind = next.rsplit(' ').next().unwrap();
-                assert!(kind == "counter" || kind == "gauge", "{next}");
+                assert!(
+                    kind == "counter" || kind == "gauge" || kind == "histogram",
+                    "{next}"
+                );
                 if kind == "counter" {
                     assert!(family.ends_with("_total"), "{family}");
                 }
             } else {
                 let name = line.split(['{', ' ']).next().unwrap();
-                assert_eq!(name, family, "{line}");
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| *b == family))
+                    .unwrap_or(name);
+                assert_eq!(base, family, "{line}");
                 let value = line.rsplit(' ').next().unwrap();
-                assert!(value.parse::<u64>().is_ok(), "{line}");
+                assert!(value.parse::<f64>().is_ok(), "{line}");
             }
         }
         assert!(text.ends_with('\n'));

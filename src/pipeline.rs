@@ -203,15 +203,85 @@ pub enum Clock {
     EventTime,
 }
 
+/// What a source that rebuilds the windows from history at start (NATS) shares
+/// with the engine and the outputs.
+///
+/// While replaying, the wall-clock timer must not move the watermark (the
+/// history would turn late). Changes whose event time is at or before
+/// `quiet_until` were already notified by the previous run: they are stored,
+/// not notified again.
+#[derive(Debug)]
+pub struct CatchUp {
+    replaying: std::sync::atomic::AtomicBool,
+    quiet_until_ms: std::sync::atomic::AtomicI64,
+}
+
+impl CatchUp {
+    /// No replay: the timer runs and every change is notified.
+    pub fn idle() -> CatchUp {
+        CatchUp {
+            replaying: false.into(),
+            quiet_until_ms: i64::MIN.into(),
+        }
+    }
+
+    /// A replay is coming: the timer waits for [`CatchUp::finish`].
+    pub fn replaying() -> CatchUp {
+        CatchUp {
+            replaying: true.into(),
+            quiet_until_ms: i64::MIN.into(),
+        }
+    }
+
+    /// Whether the replay is still going.
+    pub fn is_replaying(&self) -> bool {
+        self.replaying.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The replay is over (every replayed event was taken by the engine).
+    pub fn finish(&self) {
+        self.replaying
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Changes at or before `event_ms` were notified before: keep them quiet.
+    pub fn quiet_until(&self, event_ms: i64) {
+        self.quiet_until_ms
+            .fetch_max(event_ms, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Whether a change at `event_ms` is one the previous run already notified.
+    pub fn is_quiet(&self, event_ms: i64) -> bool {
+        event_ms
+            <= self
+                .quiet_until_ms
+                .load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Runs the engine over a channel of validated events until the channel closes,
 /// sending every change to `changes`. Returns the engine's counters.
 pub async fn run_engine(
+    events: mpsc::Receiver<Event>,
+    rules: Arc<RuleSet>,
+    opts: EngineOptions,
+    clock: Clock,
+    changes: mpsc::Sender<Change>,
+    metrics: Arc<Metrics>,
+) -> EngineStats {
+    let idle = Arc::new(CatchUp::idle());
+    run_engine_with(events, rules, opts, clock, changes, metrics, idle).await
+}
+
+/// [`run_engine`] with a [`CatchUp`] gate on the wall-clock timer.
+pub async fn run_engine_with(
     mut events: mpsc::Receiver<Event>,
     rules: Arc<RuleSet>,
     opts: EngineOptions,
     clock: Clock,
     changes: mpsc::Sender<Change>,
     metrics: Arc<Metrics>,
+    catch_up: Arc<CatchUp>,
 ) -> EngineStats {
     let mut engine = Engine::new(&rules, &opts);
     let lateness = opts.lateness_ms;
@@ -241,8 +311,10 @@ pub async fn run_engine(
                 }
             }
             _ = tick.tick(), if clock == Clock::Wall => {
-                let now = chrono::Utc::now().timestamp_millis();
-                engine.advance_to(now - lateness, &mut out);
+                if !catch_up.is_replaying() {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    engine.advance_to(now - lateness, &mut out);
+                }
             }
         }
         metrics.set_active_cells(engine.active_cells() as u64);
@@ -257,17 +329,30 @@ pub async fn run_engine(
 }
 
 /// Summarizes, stores and notifies every change until the channel closes.
-pub async fn run_outputs(mut changes: mpsc::Receiver<Change>, outputs: Outputs) {
+pub async fn run_outputs(changes: mpsc::Receiver<Change>, outputs: Outputs) {
+    run_outputs_with(changes, outputs, Arc::new(CatchUp::idle())).await
+}
+
+/// [`run_outputs`], keeping quiet the changes [`CatchUp::is_quiet`] names.
+pub async fn run_outputs_with(
+    mut changes: mpsc::Receiver<Change>,
+    outputs: Outputs,
+    catch_up: Arc<CatchUp>,
+) {
     while let Some(change) = changes.recv().await {
-        handle_change(change, &outputs).await;
+        let at = change.transition.incident().updated_at.timestamp_millis();
+        let quiet = change.notify && catch_up.is_quiet(at);
+        handle_change(change, &outputs, quiet).await;
     }
 }
 
-async fn handle_change(change: Change, o: &Outputs) {
+/// `quiet`: a change the previous run notified; summarized and stored, not
+/// notified again.
+async fn handle_change(change: Change, o: &Outputs, quiet: bool) {
     let Change {
         transition,
         notify,
-        timeline,
+        mut timeline,
         point,
     } = change;
     let mut incident = transition.incident().clone();
@@ -296,12 +381,39 @@ async fn handle_change(change: Change, o: &Outputs) {
             Transition::Resolved(incident.clone())
         }
     };
+    // A silence (or a person's resolve) mutes the notification, never the record.
+    // Silences are set by people in wall time, so they are checked against it.
+    let mute = if notify && !quiet {
+        o.store
+            .mute(&incident, chrono::Utc::now())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "checking silences failed; notifying");
+                None
+            })
+    } else {
+        None
+    };
+    if let Some(why) = &mute {
+        o.metrics.notification_muted();
+        tracing::info!(%why, "not notified");
+        timeline.push(crate::incident::TimelineEntry {
+            at: incident.updated_at,
+            what: "not_notified".into(),
+            by: "faultline".into(),
+            detail: why.to_string(),
+        });
+    }
+    let started = std::time::Instant::now();
     if let Err(e) = o.store.upsert(&incident, &timeline, point).await {
         tracing::error!(error = %e, "storing the incident failed");
     }
-    if notify {
+    o.metrics.store_write(started.elapsed());
+    if notify && !quiet {
         o.metrics.detection();
-        if let Err(e) = o.notifier.notify(&transition).await {
+        if mute.is_some() {
+            // Recorded above; nobody is paged.
+        } else if let Err(e) = o.notifier.notify(&transition).await {
             o.metrics.notify_failure();
             tracing::error!(error = %e, "notifying failed");
         }

@@ -35,6 +35,9 @@ pub enum ApiError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The change is not possible in the resource's state; the text is safe to show.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
     /// The route exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -79,6 +82,7 @@ impl ApiError {
                 "payload_too_large",
                 format!("the body is larger than {limit} bytes"),
             ),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.to_string()),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -113,8 +117,26 @@ impl From<StoreError> for ApiError {
                 ApiError::bad_request("invalid_cursor", "cursor is not one this server issued")
             }
             StoreError::Unavailable(detail) => ApiError::Unavailable(detail),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
         }
     }
+}
+
+/// The error body, as the OpenAPI description shows it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `unauthorized`, `forbidden`, `not_found`,
+    /// `invalid_query`, `invalid_body`, `conflict`, ...
+    pub code: String,
+    /// Human-readable explanation, safe to show.
+    pub message: String,
 }
 
 impl IntoResponse for ApiError {

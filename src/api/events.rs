@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +20,7 @@ use super::{ApiError, AppState};
 use crate::event::{self, Event, Rejection};
 
 /// The answer: how many events were accepted, and rejections by reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IngestReport {
     /// Valid events handed to the pipeline.
     pub accepted: u64,
@@ -29,20 +28,34 @@ pub struct IngestReport {
     pub rejected: BTreeMap<String, u64>,
 }
 
+/// Events in: NDJSON or a JSON array; answers counts.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "ingest",
+    request_body(
+        description = "NDJSON (one event per line) or a JSON array of events",
+        content(
+            (Vec<super::openapi::EventV1> = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Accepted and rejected counts", body = IngestReport),
+        (status = 400, description = "The body is empty or neither NDJSON nor a JSON array", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = super::error::ErrorBody),
+        (status = 403, description = "The token lacks the `ingest` scope", body = super::error::ErrorBody),
+        (status = 413, description = "The body is too large", body = super::error::ErrorBody),
+        (status = 503, description = "The pipeline is not taking events", body = super::error::ErrorBody),
+    )
+)]
 pub(super) async fn post_events(
     _auth: Authorized<Ingest>,
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestReport>, ApiError> {
-    let body = body.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: state.body_limit,
-            }
-        } else {
-            ApiError::bad_request("invalid_body", "the body could not be read")
-        }
-    })?;
+    let body = super::read_body(body, state.body_limit)?;
     let batch = Batch::split(&body)?;
     let mut report = IngestReport::default();
     for (n, parsed) in batch.into_events().enumerate() {

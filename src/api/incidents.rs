@@ -1,14 +1,29 @@
-//! `GET /incidents` and `GET /incidents/{id}` (scope `read`).
+//! `GET /incidents`, `GET /incidents/{id}` (scope `read`) and
+//! `POST /incidents/{id}/ack`, `POST /incidents/{id}/resolve` (scope `write`).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 
-use super::auth::{Authorized, Read};
+use super::auth::{Authorized, Read, Write};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::store::{IncidentPage, IncidentQuery, IncidentRecord};
+use crate::store::{Action, IncidentPage, IncidentQuery, IncidentRecord};
 
 /// Incidents matching the filters, newest first, one page.
+#[utoipa::path(
+    get,
+    path = "/incidents",
+    tag = "incidents",
+    params(IncidentQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One page, newest first", body = IncidentPage),
+        (status = 400, description = "A filter, `limit` or `cursor` is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "The token lacks the `read` scope", body = ErrorBody),
+    )
+)]
 pub(super) async fn list(
     _auth: Authorized<Read>,
     State(state): State<AppState>,
@@ -20,6 +35,19 @@ pub(super) async fn list(
 }
 
 /// One incident with its timeline and series.
+#[utoipa::path(
+    get,
+    path = "/incidents/{id}",
+    tag = "incidents",
+    params(("id" = String, Path, description = "Incident id (`inc_...`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The incident with `timeline` and `series`", body = IncidentRecord),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "The token lacks the `read` scope", body = ErrorBody),
+        (status = 404, description = "No such incident", body = ErrorBody),
+    )
+)]
 pub(super) async fn get_one(
     _auth: Authorized<Read>,
     State(state): State<AppState>,
@@ -31,4 +59,66 @@ pub(super) async fn get_one(
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("incident"))
+}
+
+/// Acknowledges an incident: someone is on it. Idempotent.
+#[utoipa::path(
+    post,
+    path = "/incidents/{id}/ack",
+    tag = "incidents",
+    params(("id" = String, Path, description = "Incident id (`inc_...`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated incident (`acknowledged`)", body = IncidentRecord),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "The token lacks the `write` scope", body = ErrorBody),
+        (status = 404, description = "No such incident", body = ErrorBody),
+        (status = 409, description = "The incident is already resolved", body = ErrorBody),
+    )
+)]
+pub(super) async fn ack(
+    auth: Authorized<Write>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<IncidentRecord>, ApiError> {
+    act(auth, state, id, Action::Acknowledge).await
+}
+
+/// Resolves an incident. Idempotent. If the engine still sees it firing, it
+/// stays resolved and is no longer notified; the engine opens a new incident
+/// for the same root cause only after this one has cleared on its own.
+#[utoipa::path(
+    post,
+    path = "/incidents/{id}/resolve",
+    tag = "incidents",
+    params(("id" = String, Path, description = "Incident id (`inc_...`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated incident (`resolved`)", body = IncidentRecord),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "The token lacks the `write` scope", body = ErrorBody),
+        (status = 404, description = "No such incident", body = ErrorBody),
+    )
+)]
+pub(super) async fn resolve(
+    auth: Authorized<Write>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<IncidentRecord>, ApiError> {
+    act(auth, state, id, Action::Resolve).await
+}
+
+async fn act(
+    auth: Authorized<Write>,
+    state: AppState,
+    id: String,
+    action: Action,
+) -> Result<Json<IncidentRecord>, ApiError> {
+    let rec = state
+        .store
+        .act(&id, action, &auth.caller.name, chrono::Utc::now())
+        .await?
+        .ok_or(ApiError::NotFound("incident"))?;
+    tracing::info!(incident_id = %rec.incident.id, token = %auth.caller.name, ?action, "api: incident changed by a person");
+    Ok(Json(rec))
 }

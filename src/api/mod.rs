@@ -6,7 +6,14 @@
 //!
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`: no token.
 //! - `POST /v1/events` (scope `ingest`): NDJSON or a JSON array of events.
+//! - `GET /openapi.json`: the OpenAPI 3 description, generated from the code.
+//! - `POST /v1/events` (scope `ingest`): NDJSON or a JSON array of events.
 //! - `GET /incidents`, `GET /incidents/{id}` (scope `read`).
+//! - `POST /incidents/{id}/ack`, `POST /incidents/{id}/resolve` (scope `write`).
+//! - `GET /silences` (scope `read`), `POST /silences`, `DELETE /silences/{id}`
+//!   (scope `write`).
+//! - `GET /ui/incidents`, `GET /ui/incidents/{id}`: HTML shells that ask for a
+//!   token and fetch the JSON routes ([`pages`]).
 //!
 //! Every error is `{"error":{"code":"...","message":"..."}}` ([`ApiError`]).
 
@@ -14,23 +21,29 @@ pub mod auth;
 mod error;
 mod events;
 mod incidents;
+pub mod openapi;
+pub mod pages;
+mod silences;
 #[cfg(test)]
 mod tests;
 
 pub use auth::{Authorized, Caller, TokenSet};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 pub use events::IngestReport;
+pub use silences::{NewSilence, SilenceList};
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{BoxError, Json, Router};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -112,18 +125,37 @@ pub fn integrations(settings: &Settings) -> BTreeMap<&'static str, &'static str>
     ])
 }
 
+/// Every route as (method, path, handler): the one list [`router`] is built
+/// from and the OpenAPI test checks against the description.
+pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+    vec![
+        ("GET", "/healthz", get(healthz)),
+        ("GET", "/readyz", get(readyz)),
+        ("GET", "/metrics", get(metrics)),
+        ("GET", "/openapi.json", get(openapi_json)),
+        ("POST", "/v1/events", post(events::post_events)),
+        ("GET", "/incidents", get(incidents::list)),
+        ("GET", "/incidents/{id}", get(incidents::get_one)),
+        ("POST", "/incidents/{id}/ack", post(incidents::ack)),
+        ("POST", "/incidents/{id}/resolve", post(incidents::resolve)),
+        ("GET", "/silences", get(silences::list)),
+        ("POST", "/silences", post(silences::create)),
+        ("DELETE", "/silences/{id}", delete(silences::delete)),
+        ("GET", "/ui/incidents", get(pages::list_page)),
+        ("GET", "/ui/incidents/{id}", get(pages::incident_page)),
+    ]
+}
+
 /// Every route, with the body limit, request timeout and tracing layers.
 pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
     let body_limit = state.body_limit;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/events", post(events::post_events))
-        .route("/incidents", get(incidents::list))
-        .route("/incidents/{id}", get(incidents::get_one))
-        .fallback(|| async { ApiError::NotFound("route") })
+    // Routes sharing a path merge their method routers.
+    let mut r = Router::new();
+    for (_, path, handler) in routes() {
+        r = r.route(path, handler);
+    }
+    r.fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // axum's limit (rather than tower-http's) so an oversized body surfaces
         // as an extractor rejection the handler turns into a JSON 413.
@@ -155,11 +187,52 @@ pub async fn serve(
         .await
 }
 
+/// A request body, or the JSON 413 / 400 it deserves.
+pub(crate) fn read_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::bad_request("invalid_body", "the body could not be read")
+        }
+    })
+}
+
+/// 200 while the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    responses((status = 200, description = "Alive", body = openapi::Health))
+)]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The OpenAPI 3 description of every route.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json"))
+)]
+async fn openapi_json() -> impl IntoResponse {
+    Json(openapi::spec())
+}
+
 /// 200 when every integration answers, 503 otherwise; the body says which.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Every integration answers", body = openapi::Readiness),
+        (status = 503, description = "Some integration does not answer", body = openapi::Readiness),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
@@ -173,7 +246,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
                     "unavailable"
                 }
             }
-        } else if *name == "ingest" && *mode == "http" && state.ingest.is_closed() {
+        } else if (*name == "ingest" && *mode == "http" && state.ingest.is_closed())
+            || (*name == "ingest" && *mode == "nats" && !state.metrics.nats_connected())
+        {
             ready = false;
             "unavailable"
         } else {
@@ -190,7 +265,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (code, Json(body))
 }
 
+/// Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Incidents by state come from the store, asked at scrape time: the store
+    // is where people's acks and resolves land, so it alone knows them.
+    match state.store.status_counts().await {
+        Ok(c) => state
+            .metrics
+            .set_incidents_by_status(c.open, c.acknowledged, c.resolved),
+        Err(e) => tracing::warn!(error = %e, "metrics: store counts unavailable"),
+    }
     (
         [(
             header::CONTENT_TYPE,

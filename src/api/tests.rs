@@ -550,3 +550,260 @@ async fn serve_answers_and_shuts_down() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn openapi_describes_every_route() {
+    let a = app();
+    let r = call(&a.router, Method::GET, "/openapi.json", None, "").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let spec = json_of(r).await;
+    assert!(
+        spec["openapi"].as_str().unwrap().starts_with("3."),
+        "{spec}"
+    );
+    let paths = spec["paths"].as_object().unwrap();
+    for (method, path, _) in routes() {
+        let op = &paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} missing from the spec"))[method.to_lowercase()];
+        assert!(op.is_object(), "{method} {path} missing from the spec");
+        assert!(
+            op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+            "{method} {path} has no responses"
+        );
+    }
+    // And nothing described that the router does not serve.
+    let served: Vec<(String, String)> = routes()
+        .into_iter()
+        .map(|(m, p, _)| (m.to_lowercase(), p.to_string()))
+        .collect();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            assert!(
+                served.contains(&(method.clone(), path.clone())),
+                "{method} {path} described but not served"
+            );
+        }
+    }
+    // Protected routes name the bearer scheme; schemas exist for the shapes.
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for schema in [
+        "Incident",
+        "IncidentRecord",
+        "IncidentPage",
+        "Silence",
+        "NewSilence",
+        "ErrorBody",
+    ] {
+        assert!(
+            spec["components"]["schemas"][schema].is_object(),
+            "{schema}"
+        );
+    }
+    assert!(paths["/incidents"]["get"]["security"].is_array());
+}
+
+#[tokio::test]
+async fn ack_and_resolve_are_idempotent_and_audited() {
+    let a = app();
+    a.store
+        .upsert(&incident("inc_1", T0), &[], None)
+        .await
+        .unwrap();
+    for (uri, bad) in [
+        ("/incidents/inc_1/ack", "read-secret"),
+        ("/incidents/inc_1/resolve", "ingest-secret"),
+    ] {
+        let r = call(&a.router, Method::POST, uri, None, "").await;
+        expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        let r = call(&a.router, Method::POST, uri, Some(bad), "").await;
+        expect_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    for _ in 0..2 {
+        let r = call(
+            &a.router,
+            Method::POST,
+            "/incidents/inc_1/ack",
+            Some("write-secret"),
+            "",
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = json_of(r).await;
+        assert_eq!(body["status"], "acknowledged");
+        assert_eq!(body["timeline"].as_array().unwrap().len(), 1);
+        assert_eq!(body["timeline"][0]["by"], "writer");
+    }
+    let r = call(
+        &a.router,
+        Method::POST,
+        "/incidents/inc_1/resolve",
+        Some("write-secret"),
+        "",
+    )
+    .await;
+    let body = json_of(r).await;
+    assert_eq!(body["status"], "resolved");
+    assert!(body["resolved_at"].is_string());
+    let r = call(
+        &a.router,
+        Method::POST,
+        "/incidents/inc_1/ack",
+        Some("write-secret"),
+        "",
+    )
+    .await;
+    expect_error(r, StatusCode::CONFLICT, "conflict").await;
+    let r = call(
+        &a.router,
+        Method::POST,
+        "/incidents/nope/resolve",
+        Some("write-secret"),
+        "",
+    )
+    .await;
+    expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn silences_are_validated_listed_and_deleted() {
+    let a = app();
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let past = (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+    let far = (chrono::Utc::now() + chrono::Duration::days(400)).to_rfc3339();
+    let good = format!(
+        r#"{{"matchers":{{"provider":"stripe"}},"ends_at":"{later}","comment":"maintenance"}}"#
+    );
+    let r = call(
+        &a.router,
+        Method::POST,
+        "/silences",
+        Some("read-secret"),
+        &good,
+    )
+    .await;
+    expect_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    for bad in [
+        String::new(),
+        "not json".into(),
+        "[]".into(),
+        format!(r#"{{"matchers":{{}},"ends_at":"{later}","comment":"c"}}"#),
+        format!(r#"{{"matchers":{{"nope":"x"}},"ends_at":"{later}","comment":"c"}}"#),
+        format!(r#"{{"matchers":{{"provider":""}},"ends_at":"{later}","comment":"c"}}"#),
+        format!(r#"{{"matchers":{{"provider":"x"}},"ends_at":"{past}","comment":"c"}}"#),
+        format!(r#"{{"matchers":{{"provider":"x"}},"ends_at":"{far}","comment":"c"}}"#),
+        format!(r#"{{"matchers":{{"provider":"x"}},"ends_at":"{later}","comment":""}}"#),
+        r#"{"matchers":{"provider":"x"},"ends_at":"tomorrow","comment":"c"}"#.into(),
+        format!(r#"{{"matchers":{{"provider":"x"}},"ends_at":"{later}","comment":"c","extra":1}}"#),
+        format!(r#"{{"matchers":{{"provider":"x"}},"ends_at":"{later}","comment":"c"}} trailing"#),
+    ] {
+        let r = call(
+            &a.router,
+            Method::POST,
+            "/silences",
+            Some("write-secret"),
+            &bad,
+        )
+        .await;
+        expect_error(r, StatusCode::BAD_REQUEST, "invalid_body").await;
+    }
+    let r = call(
+        &a.router,
+        Method::POST,
+        "/silences",
+        Some("write-secret"),
+        &good,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created = json_of(r).await;
+    assert_eq!(created["created_by"], "writer");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("sil_"));
+
+    let r = call(&a.router, Method::GET, "/silences", Some("read-secret"), "").await;
+    let list = json_of(r).await;
+    assert_eq!(list["silences"][0]["id"], id.as_str());
+    assert_eq!(list["silences"][0]["matchers"]["provider"], "stripe");
+
+    let uri = format!("/silences/{id}");
+    let r = call(&a.router, Method::DELETE, &uri, Some("read-secret"), "").await;
+    expect_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    let r = call(&a.router, Method::DELETE, &uri, Some("write-secret"), "").await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = call(&a.router, Method::DELETE, &uri, Some("write-secret"), "").await;
+    expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn pages_are_public_shells_that_escape_the_path() {
+    let a = app();
+    let r = call(&a.router, Method::GET, "/ui/incidents", None, "").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'nonce-"));
+    let html = text_of(r).await;
+    assert!(html.contains("data-page=\"list\""));
+    let nonce = csp
+        .split("'nonce-")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .unwrap();
+    assert!(html.contains(&format!("<script nonce=\"{nonce}\">")));
+    // No external assets.
+    for external in ["src=\"http", "href=\"http", "@import", "url("] {
+        assert!(!html.contains(external), "{external}");
+    }
+
+    let r = call(
+        &a.router,
+        Method::GET,
+        "/ui/incidents/%3Cscript%3Ealert(1)%3C%2Fscript%3E%22%20onload%3D%22x",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = text_of(r).await;
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert!(!html.contains("\" onload=\""), "{html}");
+    assert!(html.contains(
+        "data-incident-id=\"&lt;script&gt;alert(1)&lt;/script&gt;&quot; onload=&quot;x\""
+    ));
+}
+
+#[tokio::test]
+async fn metrics_count_incidents_by_status() {
+    let a = app();
+    a.store
+        .upsert(&incident("inc_1", T0), &[], None)
+        .await
+        .unwrap();
+    a.store
+        .upsert(&incident("inc_2", T0 + 1), &[], None)
+        .await
+        .unwrap();
+    a.store
+        .act(
+            "inc_2",
+            crate::store::Action::Acknowledge,
+            "w",
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let r = call(&a.router, Method::GET, "/metrics", None, "").await;
+    let text = text_of(r).await;
+    assert!(
+        text.contains("faultline_incidents{status=\"open\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("faultline_incidents{status=\"acknowledged\"} 1\n"));
+    assert!(text.contains("faultline_open_incidents 2\n"));
+}

@@ -575,5 +575,4 @@ mod tests {
         assert_eq!(r.unmatched.len(), 1);
         assert_eq!(r.unmatched[0].id, "inc_late");
     }
-
 }

@@ -67,7 +67,6 @@ struct Open {
     element: Element,
     incident: Incident,
     clean: u32,
-    candidates: Vec<BTreeMap<String, String>>,
 }
 
 #[derive(Debug)]
@@ -203,9 +202,6 @@ impl IncidentManager {
                     .take(3)
                     .map(|c| c.cause.clone())
                     .collect();
-                let names: Vec<_> = runners.iter().map(|r| r.dims.clone()).collect();
-                let changed = names != o.candidates;
-                o.candidates = names;
                 let inc = &mut o.incident;
                 inc.root_causes = std::iter::once(evidence).chain(runners).collect();
                 inc.updated_at = ts(end_ms);
@@ -219,15 +215,12 @@ impl IncidentManager {
                     inc.opened_at.timestamp_millis(),
                     end_ms,
                 );
-                let timeline = if changed {
-                    vec![entry(end_ms, "candidates_changed", String::new())]
-                } else {
-                    Vec::new()
-                };
+                // Runner-up order shifts from step to step; that is evidence,
+                // refreshed in the incident, not a timeline event.
                 out.push(Change {
                     transition: Transition::Updated(inc.clone()),
                     notify: false,
-                    timeline,
+                    timeline: Vec::new(),
                     point: Some(p),
                 });
                 still_open.push(o);
@@ -323,7 +316,6 @@ impl IncidentManager {
                     element: c.element.clone(),
                     incident,
                     clean: 0,
-                    candidates: runners.into_iter().map(|r| r.dims).collect(),
                 });
             } else {
                 next_pending.push(Pending {

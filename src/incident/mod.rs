@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::rules::Severity;
 
 /// Where an incident stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Firing, nobody has acknowledged it.
@@ -40,7 +40,7 @@ impl Status {
 }
 
 /// Who wrote the summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SummarySource {
     /// The language model, validated.
@@ -50,7 +50,7 @@ pub enum SummarySource {
 }
 
 /// One root-cause element and its evidence over the incident window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RootCause {
     /// The element: dimension name to value, exactly the element's dimensions.
     pub dims: BTreeMap<String, String>,
@@ -72,7 +72,7 @@ pub struct RootCause {
 }
 
 /// A time range in event time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TimeRange {
     /// Inclusive start.
     pub start: DateTime<Utc>,
@@ -81,7 +81,7 @@ pub struct TimeRange {
 }
 
 /// A link button.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Link {
     /// Text.
     pub title: String,
@@ -90,7 +90,7 @@ pub struct Link {
 }
 
 /// The incident as every output shows it (CONTRACT section 3).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Incident {
     /// `inc_` followed by a stable hash of fingerprint and opening time.
     pub id: String,
@@ -155,7 +155,7 @@ pub fn fingerprint(rule: &str, dims: &BTreeMap<String, String>) -> String {
 }
 
 /// One entry of an incident's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     /// When (event time for detections, wall time for people's actions).
     pub at: DateTime<Utc>,
@@ -169,7 +169,7 @@ pub struct TimelineEntry {
 }
 
 /// Failure rate (or volume) and its baseline at one evaluation step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SeriesPoint {
     /// Step end, event time.
     pub at: DateTime<Utc>,

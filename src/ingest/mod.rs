@@ -2,3 +2,4 @@
 pub mod dedupe;
 pub mod file;
 pub mod generator;
+pub mod nats;

@@ -3,7 +3,8 @@
 //! Memory is bounded: open incidents are always kept (their number is bounded by
 //! the rules), resolved ones up to [`MemoryLimits::max_resolved`], dropping the
 //! longest-resolved first; each incident keeps its newest series points and its
-//! first plus newest timeline entries.
+//! first plus newest timeline entries. Silences are bounded too: ended ones are
+//! dropped as new ones arrive, and at most [`MAX_SILENCES`] are kept.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -11,9 +12,16 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Cursor, IncidentPage, IncidentQuery, IncidentRecord, Store, StoreError};
+use super::{
+    Action, Cursor, IncidentPage, IncidentQuery, IncidentRecord, Mute, Silence, StatusCounts,
+    Store, StoreError,
+};
 use crate::config::StoreSettings;
 use crate::incident::{Incident, SeriesPoint, Status, TimelineEntry};
+
+/// Most silences kept at once (active or future); more is a sign of a script
+/// gone wrong, and every notification checks them all.
+pub const MAX_SILENCES: usize = 1000;
 
 /// Bounds of a [`MemoryStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +67,10 @@ struct Inner {
     by_opened: BTreeSet<(DateTime<Utc>, String)>,
     /// Resolved incidents by (resolved_at, id): the eviction order.
     resolved: BTreeSet<(DateTime<Utc>, String)>,
+    /// The status a person set, by incident id: what engine updates must keep.
+    human: HashMap<String, Status>,
+    /// Silences, in creation order.
+    silences: Vec<Silence>,
 }
 
 fn resolved_key(inc: &Incident) -> Option<(DateTime<Utc>, String)> {
@@ -100,13 +112,27 @@ impl Inner {
         timeline: &[TimelineEntry],
         point: Option<SeriesPoint>,
     ) {
+        let mut incident = incident.clone();
         if let Some(old) = self.records.get(&incident.id) {
             let old = &old.incident;
+            // A person's word outlives the engine's routine updates (see the
+            // module docs of `store`).
+            match (self.human.get(&incident.id), incident.status) {
+                (Some(Status::Acknowledged), Status::Open) => {
+                    incident.status = Status::Acknowledged;
+                }
+                (Some(Status::Resolved), _) => {
+                    incident.status = Status::Resolved;
+                    incident.resolved_at = old.resolved_at;
+                }
+                _ => {}
+            }
             self.by_opened.remove(&(old.opened_at, old.id.clone()));
             if let Some(k) = resolved_key(old) {
                 self.resolved.remove(&k);
             }
         }
+        let incident = &incident;
         let rec = self
             .records
             .entry(incident.id.clone())
@@ -141,9 +167,84 @@ impl Inner {
                 break;
             };
             if let Some(rec) = self.records.remove(&id) {
+                self.human.remove(&id);
                 self.by_opened.remove(&(rec.incident.opened_at, id));
             }
         }
+    }
+
+    fn act(
+        &mut self,
+        limits: &MemoryLimits,
+        id: &str,
+        action: Action,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<IncidentRecord>, StoreError> {
+        let Some(rec) = self.records.get(id) else {
+            return Ok(None);
+        };
+        let mut inc = rec.incident.clone();
+        let (what, status) = match (action, inc.status) {
+            (Action::Acknowledge, Status::Acknowledged) | (Action::Resolve, Status::Resolved) => {
+                return Ok(Some(rec.clone()));
+            }
+            (Action::Acknowledge, Status::Resolved) => {
+                return Err(StoreError::Conflict("the incident is already resolved"));
+            }
+            (Action::Acknowledge, Status::Open) => ("acknowledged", Status::Acknowledged),
+            (Action::Resolve, _) => ("resolved", Status::Resolved),
+        };
+        inc.status = status;
+        if status == Status::Resolved {
+            inc.resolved_at = Some(at);
+        }
+        let entry = TimelineEntry {
+            at,
+            what: what.into(),
+            by: by.to_string(),
+            detail: String::new(),
+        };
+        // The human mark goes in after the upsert: upsert keeps a mark already
+        // there, and this change is the person's own.
+        self.human.remove(id);
+        self.upsert(limits, &inc, &[entry], None);
+        if self.records.contains_key(id) {
+            self.human.insert(id.to_string(), status);
+        }
+        Ok(self.records.get(id).cloned())
+    }
+
+    fn mute(&self, incident: &Incident, now: DateTime<Utc>) -> Option<Mute> {
+        if self.human.get(&incident.id) == Some(&Status::Resolved) {
+            return Some(Mute::ResolvedByPerson);
+        }
+        self.silences
+            .iter()
+            .find(|s| s.active_at(now) && s.matches(incident))
+            .map(|s| Mute::Silenced(s.id.clone()))
+    }
+
+    fn add_silence(&mut self, silence: Silence) -> Result<(), StoreError> {
+        let now = Utc::now();
+        self.silences.retain(|s| s.ends_at > now);
+        if self.silences.len() >= MAX_SILENCES {
+            return Err(StoreError::Conflict("too many silences; delete some first"));
+        }
+        self.silences.push(silence);
+        Ok(())
+    }
+
+    fn status_counts(&self) -> StatusCounts {
+        let mut c = StatusCounts::default();
+        for rec in self.records.values() {
+            match rec.incident.status {
+                Status::Open => c.open += 1,
+                Status::Acknowledged => c.acknowledged += 1,
+                Status::Resolved => c.resolved += 1,
+            }
+        }
+        c
     }
 
     fn list(&self, query: &IncidentQuery) -> Result<IncidentPage, StoreError> {
@@ -197,6 +298,51 @@ impl Store for MemoryStore {
 
     async fn get(&self, id: &str) -> Result<Option<IncidentRecord>, StoreError> {
         Ok(self.lock().records.get(id).cloned())
+    }
+
+    async fn act(
+        &self,
+        id: &str,
+        action: Action,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<IncidentRecord>, StoreError> {
+        self.lock().act(&self.limits, id, action, by, at)
+    }
+
+    async fn mute(
+        &self,
+        incident: &Incident,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Mute>, StoreError> {
+        Ok(self.lock().mute(incident, now))
+    }
+
+    async fn add_silence(&self, silence: Silence) -> Result<(), StoreError> {
+        self.lock().add_silence(silence)
+    }
+
+    async fn silences(&self, now: DateTime<Utc>) -> Result<Vec<Silence>, StoreError> {
+        let mut out: Vec<Silence> = self
+            .lock()
+            .silences
+            .iter()
+            .filter(|s| s.ends_at > now)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.ends_at.cmp(&b.ends_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let before = inner.silences.len();
+        inner.silences.retain(|s| s.id != id);
+        Ok(inner.silences.len() != before)
+    }
+
+    async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
+        Ok(self.lock().status_counts())
     }
 }
 
@@ -392,6 +538,139 @@ mod tests {
         let mut expected: Vec<String> = (0..7).map(|i| format!("inc_{i}")).collect();
         expected.reverse();
         assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn people_ack_and_resolve_and_the_engine_keeps_their_word() {
+        let s = MemoryStore::default();
+        let mut inc = incident("inc_1", T0);
+        s.upsert(&inc, &[entry("opened", T0)], None).await.unwrap();
+        let now = ts(T0 + 60_000);
+        assert!(s
+            .act("nope", Action::Acknowledge, "alice", now)
+            .await
+            .unwrap()
+            .is_none());
+        let rec = s
+            .act("inc_1", Action::Acknowledge, "alice", now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.incident.status, Status::Acknowledged);
+        assert_eq!(rec.timeline.last().unwrap().by, "alice");
+        // Idempotent: no second entry.
+        let again = s
+            .act("inc_1", Action::Acknowledge, "bob", now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, rec);
+        // The engine's routine update says `open`: it stays acknowledged.
+        inc.updated_at = ts(T0 + 15_000);
+        s.upsert(&inc, &[], Some(point(T0 + 15_000))).await.unwrap();
+        let rec = s.get("inc_1").await.unwrap().unwrap();
+        assert_eq!(rec.incident.status, Status::Acknowledged);
+        assert_eq!(rec.incident.updated_at, ts(T0 + 15_000));
+        assert_eq!(s.mute(&inc, now).await.unwrap(), None);
+
+        // A person resolves while the engine still fires: it stays resolved and muted.
+        let rec = s
+            .act("inc_1", Action::Resolve, "bob", now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.incident.status, Status::Resolved);
+        assert_eq!(rec.incident.resolved_at, Some(now));
+        s.upsert(&inc, &[], Some(point(T0 + 30_000))).await.unwrap();
+        let rec = s.get("inc_1").await.unwrap().unwrap();
+        assert_eq!(rec.incident.status, Status::Resolved);
+        assert_eq!(rec.incident.resolved_at, Some(now));
+        assert_eq!(rec.series.len(), 2);
+        assert_eq!(
+            s.mute(&inc, now).await.unwrap(),
+            Some(Mute::ResolvedByPerson)
+        );
+        let whats: Vec<_> = rec
+            .timeline
+            .iter()
+            .map(|e| (e.what.as_str(), e.by.as_str()))
+            .collect();
+        assert_eq!(
+            whats,
+            [
+                ("opened", "faultline"),
+                ("acknowledged", "alice"),
+                ("resolved", "bob")
+            ]
+        );
+        assert!(matches!(
+            s.act("inc_1", Action::Acknowledge, "carol", now).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let counts = s.status_counts().await.unwrap();
+        assert_eq!(
+            (counts.open, counts.acknowledged, counts.resolved),
+            (0, 0, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_engine_resolving_an_acknowledged_incident_resolves_it() {
+        let s = MemoryStore::default();
+        let mut inc = incident("inc_1", T0);
+        s.upsert(&inc, &[], None).await.unwrap();
+        s.act("inc_1", Action::Acknowledge, "alice", ts(T0))
+            .await
+            .unwrap();
+        inc.status = Status::Resolved;
+        inc.resolved_at = Some(ts(T0 + 90_000));
+        s.upsert(&inc, &[entry("resolved", T0 + 90_000)], None)
+            .await
+            .unwrap();
+        let rec = s.get("inc_1").await.unwrap().unwrap();
+        assert_eq!(rec.incident.status, Status::Resolved);
+        assert_eq!(rec.incident.resolved_at, Some(ts(T0 + 90_000)));
+        assert_eq!(s.mute(&inc, ts(T0)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn silences_mute_matching_incidents_while_active() {
+        let s = MemoryStore::default();
+        let now = Utc::now();
+        let sil = |id: &str, provider: &str, start: i64, end: i64| Silence {
+            id: id.into(),
+            matchers: [("provider".to_string(), provider.to_string())].into(),
+            starts_at: now + chrono::Duration::seconds(start),
+            ends_at: now + chrono::Duration::seconds(end),
+            comment: "maintenance".into(),
+            created_by: "w".into(),
+            created_at: now,
+        };
+        s.add_silence(sil("sil_a", "adyen", -10, 3600))
+            .await
+            .unwrap();
+        s.add_silence(sil("sil_b", "stripe", 60, 120))
+            .await
+            .unwrap();
+        let inc = incident("inc_1", T0);
+        assert_eq!(s.mute(&inc, now).await.unwrap(), None);
+        assert_eq!(
+            s.mute(&inc, now + chrono::Duration::seconds(90))
+                .await
+                .unwrap(),
+            Some(Mute::Silenced("sil_b".into()))
+        );
+        let ids: Vec<_> = s
+            .silences(now)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, ["sil_b", "sil_a"]);
+        assert!(s.delete_silence("sil_b").await.unwrap());
+        assert!(!s.delete_silence("sil_b").await.unwrap());
+        assert_eq!(s.silences(now).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

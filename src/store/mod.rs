@@ -6,17 +6,32 @@
 //! `(opened_at, id)` and the [`Cursor`] names the last pair a page showed: the
 //! next page starts strictly after it, so incidents inserted between two requests
 //! never repeat an incident already shown.
+//!
+//! People change incidents too ([`Store::act`]: acknowledge, resolve), and the
+//! store is where their word and the engine's meet. The rule, the same for every
+//! store:
+//!
+//! - An engine update of an acknowledged incident keeps it `acknowledged`; the
+//!   engine resolving it resolves it.
+//! - A person resolving an incident the engine still sees firing wins: it stays
+//!   `resolved` (evidence and series keep being recorded) and its later changes
+//!   are not notified ([`Mute::ResolvedByPerson`]). The engine opens a new
+//!   incident for the same fingerprint only once the old one has resolved on its
+//!   own, so a resolve never triggers an immediate re-page.
 
 pub mod memory;
+pub mod silence;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::incident::{Incident, SeriesPoint, Status, TimelineEntry};
 use crate::rules::Severity;
 
 pub use memory::{MemoryLimits, MemoryStore};
+pub use silence::{Mute, Silence};
 
 /// Page size when the query names none.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -24,7 +39,7 @@ pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
 
 /// An incident with its history, as `GET /incidents/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct IncidentRecord {
     /// The incident, latest state.
     #[serde(flatten)]
@@ -52,6 +67,30 @@ pub enum StoreError {
         /// What is wrong, safe to show the client.
         message: String,
     },
+    /// The change is not possible in the incident's state (acknowledging a
+    /// resolved incident); the text is safe to show.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+}
+
+/// What a person does to an incident through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Someone is on it: `open` becomes `acknowledged`.
+    Acknowledge,
+    /// It is over: `open` or `acknowledged` becomes `resolved`.
+    Resolve,
+}
+
+/// Incidents held, by status (`faultline_incidents` on `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    /// Open.
+    pub open: u64,
+    /// Acknowledged.
+    pub acknowledged: u64,
+    /// Resolved (of those still held).
+    pub resolved: u64,
 }
 
 /// Incident storage.
@@ -68,6 +107,32 @@ pub trait Store: Send + Sync {
     async fn list(&self, query: &IncidentQuery) -> Result<IncidentPage, StoreError>;
     /// One incident with its timeline and series.
     async fn get(&self, id: &str) -> Result<Option<IncidentRecord>, StoreError>;
+    /// Applies a person's action at wall time `at`, recording it in the timeline
+    /// with `by` (the API token's name). Idempotent: repeating it changes
+    /// nothing. `None` when there is no such incident; [`StoreError::Conflict`]
+    /// when acknowledging a resolved incident.
+    async fn act(
+        &self,
+        id: &str,
+        action: Action,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<IncidentRecord>, StoreError>;
+    /// Why a change of `incident` must not be notified at wall time `now`, if
+    /// it must not: an active matching silence, or a person resolved it.
+    async fn mute(
+        &self,
+        incident: &Incident,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Mute>, StoreError>;
+    /// Keeps a new silence.
+    async fn add_silence(&self, silence: Silence) -> Result<(), StoreError>;
+    /// Silences not yet ended at `now` (active or future), soonest-ending first.
+    async fn silences(&self, now: DateTime<Utc>) -> Result<Vec<Silence>, StoreError>;
+    /// Removes a silence; false when there is none with that id.
+    async fn delete_silence(&self, id: &str) -> Result<bool, StoreError>;
+    /// Incidents held now, by status.
+    async fn status_counts(&self) -> Result<StatusCounts, StoreError>;
     /// Whether the backend answers (`GET /readyz`). The embedded store always does.
     async fn health(&self) -> Result<(), StoreError> {
         Ok(())
@@ -75,7 +140,8 @@ pub trait Store: Send + Sync {
 }
 
 /// Filters of `GET /incidents` (CONTRACT section 5), as received.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct IncidentQuery {
     /// `open`, `acknowledged`, `resolved`.
     pub status: Option<String>,
@@ -97,7 +163,8 @@ pub struct IncidentQuery {
     pub since: Option<String>,
     /// Opened before (RFC 3339).
     pub until: Option<String>,
-    /// Page size, 1..500.
+    /// Page size, 1..500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// Opaque cursor from a previous page.
     pub cursor: Option<String>,
@@ -280,7 +347,7 @@ impl Cursor {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// One page of incidents.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IncidentPage {
     /// Newest first.
     pub incidents: Vec<Incident>,

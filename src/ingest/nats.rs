@@ -1,0 +1,573 @@
+//! NATS JetStream ingest (CONTRACT sections 4 and 6).
+//!
+//! At start, [`NatsSource::connect`] creates the stream if it is missing and the
+//! durable pull consumer [`DURABLE`]. [`NatsSource::run`] then:
+//!
+//! 1. **Rebuilds the windows** from history: an ephemeral consumer replays the
+//!    stream from `now - replay_span` (the longest rule window plus the longest
+//!    baseline warm-up, capped by what the stream retains) up to its last message
+//!    at start. While it replays, the engine's wall-clock timer is held
+//!    ([`CatchUp`]), so history is not turned late. Incident changes whose event
+//!    time is at or before what the previous run had counted (the newest event
+//!    time at or below the durable consumer's ack floor, minus the allowed
+//!    lateness) are stored but not notified again: incident ids are a hash of
+//!    rule, root cause and opening time, so a replayed incident has the id the
+//!    previous run notified.
+//! 2. **Consumes live** with the durable consumer, in batches: each message is
+//!    validated with [`crate::event::parse`]; a valid event is handed to the
+//!    engine channel, a rejected one is re-published to [`DEADLETTER_SUBJECT`]
+//!    with the reason in the [`REASON_HEADER`] header; then the message is acked.
+//!
+//! # Delivery guarantee
+//!
+//! At least once into the engine, counted once: a message is acked only after
+//! its event was handed to the engine channel (or dead-lettered), so a crash
+//! before the ack redelivers it, and the engine drops the second copy by event
+//! id. A crash after the ack but before the engine counted it loses nothing
+//! either, as long as the stream keeps messages (`limits` retention): the next
+//! start replays them. Notifications are exactly once for changes at or before
+//! the previous run's acked event time, at least once after it (a change the
+//! previous run notified from events it had not yet acked is notified again).
+//!
+//! A message that cannot be handled (the dead-letter publish fails) is not
+//! acked, so it is redelivered; after `max_deliver` deliveries the server stops
+//! delivering it, and its last delivery is acked whatever happens, so a poison
+//! message cannot block the consumer.
+//!
+//! Publishers may set `Nats-Msg-Id`: the stream drops a repeat within its
+//! duplicate window, before faultline sees it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{mask_userinfo, NatsRetention, NatsSettings};
+use crate::event::{self, Event, Rejection, MAX_EVENT_BYTES};
+use crate::metrics::Metrics;
+use crate::pipeline::CatchUp;
+
+/// The durable pull consumer's name.
+pub const DURABLE: &str = "faultline";
+/// Where rejected messages are re-published.
+pub const DEADLETTER_SUBJECT: &str = "faultline.deadletter";
+/// Header carrying the rejection reason ([`Rejection::reason`]) on dead letters.
+pub const REASON_HEADER: &str = "Faultline-Reason";
+/// Header carrying the original subject on dead letters.
+pub const SUBJECT_HEADER: &str = "Faultline-Subject";
+/// Header carrying the original stream sequence on dead letters.
+pub const SEQUENCE_HEADER: &str = "Faultline-Stream-Seq";
+
+/// How long one pull request waits for messages.
+const FETCH_EXPIRES: Duration = Duration::from_secs(1);
+/// How often the consumer lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+/// How long the end of the replay waits for the engine to take the replayed events.
+const DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+/// Errors at the NATS boundary. None quotes credentials: URLs are masked.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// The server could not be reached.
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect {
+        /// The URL, user info masked.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The stream could not be created or read.
+    #[error("JetStream stream `{stream}`: {message}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// Why.
+        message: String,
+    },
+    /// The consumer could not be created or read.
+    #[error("JetStream consumer `{consumer}`: {message}")]
+    Consumer {
+        /// The consumer.
+        consumer: String,
+        /// Why.
+        message: String,
+    },
+    /// A publish failed.
+    #[error("publishing to `{subject}`: {message}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Connects to `url`, reporting connection state into `metrics` when given.
+pub async fn connect(
+    url: &str,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<async_nats::Client, NatsError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("faultline")
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(m) = metrics.clone() {
+        opts = opts.event_callback(move |ev| {
+            let m = m.clone();
+            async move {
+                match ev {
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connected");
+                        m.set_nats_connected(true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; reconnecting");
+                        m.set_nats_connected(false);
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        });
+    }
+    let client = opts.connect(url).await.map_err(|e| NatsError::Connect {
+        url: mask_userinfo(url),
+        message: e.to_string(),
+    })?;
+    if let Some(m) = metrics {
+        m.set_nats_connected(true);
+    }
+    Ok(client)
+}
+
+/// The stream configuration faultline creates when the stream is missing.
+pub fn stream_config(settings: &NatsSettings) -> stream::Config {
+    stream::Config {
+        name: settings.stream.clone(),
+        subjects: settings.subjects.clone(),
+        max_age: settings.max_age.0,
+        retention: match settings.retention {
+            NatsRetention::Limits => stream::RetentionPolicy::Limits,
+            NatsRetention::Interest => stream::RetentionPolicy::Interest,
+            NatsRetention::Workqueue => stream::RetentionPolicy::WorkQueue,
+        },
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream when missing and returns it.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    settings: &NatsSettings,
+) -> Result<stream::Stream, NatsError> {
+    js.get_or_create_stream(stream_config(settings))
+        .await
+        .map_err(|e| NatsError::Stream {
+            stream: settings.stream.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// The JetStream source: stream and durable consumer ready, not yet consuming.
+pub struct NatsSource {
+    client: async_nats::Client,
+    stream: stream::Stream,
+    consumer: consumer::PullConsumer,
+    settings: NatsSettings,
+    replay_span: Duration,
+    lateness_ms: i64,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for NatsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSource")
+            .field("settings", &self.settings)
+            .field("replay_span", &self.replay_span)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsSource {
+    /// Connects, creates the stream if missing and the durable consumer.
+    /// `replay_span` is how far back the windows are rebuilt at start.
+    pub async fn connect(
+        settings: &NatsSettings,
+        replay_span: Duration,
+        lateness_ms: i64,
+        metrics: Arc<Metrics>,
+    ) -> Result<NatsSource, NatsError> {
+        let url = settings.url.as_deref().ok_or_else(|| NatsError::Connect {
+            url: String::new(),
+            message: "nats.url is not set".into(),
+        })?;
+        let client = connect(url, Some(metrics.clone())).await?;
+        let js = jetstream::new(client.clone());
+        let stream = ensure_stream(&js, settings).await?;
+        let batch = settings.batch_size as i64;
+        let consumer = stream
+            .get_or_create_consumer(
+                DURABLE,
+                consumer::pull::Config {
+                    durable_name: Some(DURABLE.into()),
+                    description: Some("faultline incident detection".into()),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_deliver: settings.max_deliver,
+                    max_ack_pending: (batch * 4).max(1000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| NatsError::Consumer {
+                consumer: DURABLE.into(),
+                message: e.to_string(),
+            })?;
+        Ok(NatsSource {
+            client,
+            stream,
+            consumer,
+            settings: settings.clone(),
+            replay_span,
+            lateness_ms,
+            metrics,
+        })
+    }
+
+    /// Rebuilds the windows from the stream, then consumes live until `stop`
+    /// turns true; the batch in flight is finished and acked before it returns.
+    pub async fn run(
+        mut self,
+        events: mpsc::Sender<Event>,
+        mut stop: watch::Receiver<bool>,
+        catch_up: Arc<CatchUp>,
+    ) {
+        if let Err(e) = self.replay(&events, &catch_up).await {
+            tracing::error!(error = %e, "rebuilding windows from the stream failed; continuing live");
+        }
+        wait_taken(&events).await;
+        catch_up.finish();
+
+        let mut last_lag = Instant::now() - LAG_EVERY;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let fetch = self
+                .consumer
+                .fetch()
+                .max_messages(self.settings.batch_size)
+                .expires(FETCH_EXPIRES)
+                .messages();
+            let batch = tokio::select! {
+                _ = stop.changed() => break,
+                b = fetch => b,
+            };
+            match batch {
+                Ok(mut batch) => {
+                    // The batch is finished even when a stop arrives meanwhile:
+                    // what was delivered is handed over and acked.
+                    while let Some(msg) = batch.next().await {
+                        match msg {
+                            Ok(msg) => {
+                                if !self.handle(msg, &events).await {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "NATS fetch interrupted");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "NATS fetch failed; retrying");
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                    }
+                }
+            }
+            if last_lag.elapsed() >= LAG_EVERY {
+                last_lag = Instant::now();
+                match self.consumer.info().await {
+                    Ok(info) => self.metrics.set_nats_pending(info.num_pending),
+                    Err(e) => tracing::debug!(error = %e, "NATS consumer info failed"),
+                }
+            }
+        }
+        tracing::info!("NATS ingest stopped");
+    }
+
+    /// One live message: hand over or dead-letter, then ack. Returns false when
+    /// the engine channel closed (the message stays unacked and is redelivered).
+    async fn handle(&self, msg: jetstream::Message, events: &mpsc::Sender<Event>) -> bool {
+        self.metrics.event_received();
+        let (seq, delivered) = match msg.info() {
+            Ok(i) => (i.stream_sequence, i.delivered),
+            Err(_) => (0, 1),
+        };
+        match event::parse(&msg.payload) {
+            Ok(ev) => {
+                if events.send(ev).await.is_err() {
+                    return false;
+                }
+            }
+            Err(rej) => {
+                let reason = rej.reason();
+                self.metrics.event_rejected(&reason);
+                if let Err(e) = self.dead_letter(&msg, rej, seq).await {
+                    tracing::warn!(error = %e, seq, "dead-lettering failed");
+                    if delivered < self.settings.max_deliver {
+                        let _ = msg
+                            .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await;
+                        return true;
+                    }
+                    tracing::error!(seq, reason = %reason, "giving up on a message after max_deliver deliveries");
+                }
+            }
+        }
+        if let Err(e) = msg.ack().await {
+            tracing::warn!(error = %e, seq, "NATS ack failed; the message will be redelivered");
+        }
+        true
+    }
+
+    /// Re-publishes a rejected message with its reason. The payload is passed
+    /// through the card-number redaction (CONTRACT: card data never reaches
+    /// NATS); an oversized payload is not re-published at all, only its headers
+    /// (the original stays in the stream at the sequence given).
+    async fn dead_letter(
+        &self,
+        msg: &jetstream::Message,
+        rej: Rejection,
+        seq: u64,
+    ) -> Result<(), NatsError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(REASON_HEADER, rej.reason().as_ref());
+        headers.insert(SUBJECT_HEADER, msg.subject.as_str());
+        headers.insert(SEQUENCE_HEADER, seq.to_string().as_str());
+        headers.insert("Faultline-Stream", self.settings.stream.as_str());
+        let payload: Vec<u8> = if msg.payload.len() > MAX_EVENT_BYTES {
+            Vec::new()
+        } else {
+            let text = String::from_utf8_lossy(&msg.payload);
+            crate::redact::redact(&text).into_owned().into_bytes()
+        };
+        self.client
+            .publish_with_headers(DEADLETTER_SUBJECT, headers, payload.into())
+            .await
+            .map_err(|e| NatsError::Publish {
+                subject: DEADLETTER_SUBJECT.into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Replays `now - replay_span` .. the stream's last message at start into
+    /// the engine, marking what the previous run had acked as already notified.
+    async fn replay(
+        &mut self,
+        events: &mpsc::Sender<Event>,
+        catch_up: &CatchUp,
+    ) -> Result<(), NatsError> {
+        let stream_err = |e: &dyn std::fmt::Display| NatsError::Stream {
+            stream: self.settings.stream.clone(),
+            message: e.to_string(),
+        };
+        let info = self.stream.get_info().await.map_err(|e| stream_err(&e))?;
+        let end = info.state.last_sequence;
+        if end == 0 || info.state.messages == 0 || self.replay_span.is_zero() {
+            return Ok(());
+        }
+        let acked = self
+            .consumer
+            .info()
+            .await
+            .map_err(|e| NatsError::Consumer {
+                consumer: DURABLE.into(),
+                message: e.to_string(),
+            })?
+            .ack_floor
+            .stream_sequence;
+        let span = chrono::Duration::from_std(self.replay_span).unwrap_or(chrono::Duration::MAX);
+        let start_time = chrono::Utc::now()
+            .checked_sub_signed(span)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let replayer = self
+            .stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NatsError::Consumer {
+                consumer: "replay".into(),
+                message: e.to_string(),
+            })?;
+        let started = Instant::now();
+        let (mut replayed, mut quiet) = (0u64, 0u64);
+        'outer: loop {
+            let mut batch = replayer
+                .fetch()
+                .max_messages(self.settings.batch_size)
+                .expires(FETCH_EXPIRES)
+                .messages()
+                .await
+                .map_err(|e| stream_err(&e))?;
+            let mut got = 0usize;
+            while let Some(msg) = batch.next().await {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replay fetch interrupted");
+                        break;
+                    }
+                };
+                got += 1;
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                if seq > end {
+                    break 'outer;
+                }
+                // Rejections were dead-lettered when first consumed (or will be
+                // by the durable consumer): nothing to do for them here.
+                if let Ok(ev) = event::parse(&msg.payload) {
+                    if seq <= acked {
+                        // Set before the event is handed over, so the changes it
+                        // causes are already known to be quiet.
+                        catch_up.quiet_until(ev.ts_ms.saturating_sub(self.lateness_ms));
+                        quiet += 1;
+                    }
+                    replayed += 1;
+                    if events.send(ev).await.is_err() {
+                        break 'outer;
+                    }
+                }
+                if seq >= end {
+                    break 'outer;
+                }
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        let _ = self
+            .stream
+            .delete_consumer(replayer.cached_info().name.as_str())
+            .await;
+        tracing::info!(
+            replayed,
+            already_counted = quiet,
+            seconds = started.elapsed().as_secs_f64(),
+            "windows rebuilt from the stream"
+        );
+        Ok(())
+    }
+}
+
+/// Waits (bounded) until the engine took every event sent so far: once the
+/// channel is empty, the engine holds the last of them in the batch it is
+/// counting, which it finishes before its timer can fire again.
+async fn wait_taken(events: &mpsc::Sender<Event>) {
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while events.capacity() < events.max_capacity() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `faultline load`: publishes a generated, labelled scenario to the stream,
+/// for demos and load tests.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// NATS server.
+    #[arg(long, env = "FAULTLINE_NATS_URL")]
+    pub nats: String,
+    /// Stream, created with the default subjects (`payments.>`) if missing.
+    #[arg(long, env = "FAULTLINE_NATS_STREAM", default_value = "PAYMENTS")]
+    pub stream: String,
+    /// Subject to publish on (must be one of the stream's).
+    #[arg(long, default_value = "payments.events")]
+    pub subject: String,
+    /// Scenario seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Scenario length in event time, e.g. `3h`, `55m`.
+    #[arg(long, default_value = "1h")]
+    pub duration: String,
+    /// Mean events per second of event time in the scenario.
+    #[arg(long, default_value_t = 200.0)]
+    pub events_per_sec: f64,
+    /// Event time of the first event, RFC 3339, or `now` for a scenario that
+    /// ends now (what `faultline run` on the wall clock expects).
+    #[arg(long, default_value = "now")]
+    pub start: String,
+    /// Messages per second to publish at most; 0: as fast as the server acks.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+}
+
+/// Runs `faultline load`; prints a one-line JSON report to stderr.
+pub async fn load_command(args: &LoadArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let duration = crate::rules::parse_duration(&args.duration)
+        .context("--duration: use a duration like 55m or 3h")?;
+    let duration_ms = i64::try_from(duration.as_millis()).context("--duration too long")?;
+    let start_ms = if args.start == "now" {
+        chrono::Utc::now().timestamp_millis() - duration_ms
+    } else {
+        chrono::DateTime::parse_from_rfc3339(&args.start)
+            .context("--start: RFC 3339 or `now`")?
+            .timestamp_millis()
+    };
+    let scenario =
+        crate::ingest::generator::Scenario::standard(args.seed, duration_ms, args.events_per_sec)
+            .starting_at(start_ms);
+    let generator = crate::ingest::generator::Generator::new(&scenario)?;
+    let client = connect(&args.nats, None).await?;
+    let js = jetstream::new(client);
+    let settings = NatsSettings {
+        url: Some(args.nats.clone()),
+        stream: args.stream.clone(),
+        ..NatsSettings::default()
+    };
+    ensure_stream(&js, &settings).await?;
+    let started = Instant::now();
+    let per_msg = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    let mut sent = 0u64;
+    let mut acks = Vec::with_capacity(1000);
+    for line in generator {
+        if let Some(d) = per_msg {
+            tokio::time::sleep_until((started + d.mul_f64(sent as f64)).into()).await;
+        }
+        let ack = js
+            .publish(args.subject.clone(), line.text.into_bytes().into())
+            .await
+            .context("publish")?;
+        acks.push(ack);
+        sent += 1;
+        if acks.len() == 1000 {
+            for a in acks.drain(..) {
+                a.await.context("publish ack")?;
+            }
+        }
+    }
+    for a in acks.drain(..) {
+        a.await.context("publish ack")?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "published": sent,
+            "seconds": secs,
+            "per_second": sent as f64 / secs.max(1e-9),
+            "faults": scenario.labels().faults.len(),
+        })
+    );
+    Ok(())
+}
