@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod http;
 pub mod nats_server;
