@@ -3,21 +3,16 @@
 //! people's actions, and silences muting notifications end to end.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faultline::app::App;
-use faultline::config::{ApiToken, Scope, Settings};
 use faultline::incident::{Incident, RootCause, Status, SummarySource, TimeRange};
 use faultline::ingest::generator::{Generator, Scenario};
-use faultline::notify::StdoutNotifier;
-use faultline::pipeline::Clock;
-use faultline::rules::{RuleSet, Severity};
-use secrecy::SecretString;
+use faultline::rules::Severity;
 use serde_json::Value;
 
 mod common;
-use common::http::{http, http_full, Captured};
+use common::http::{http, http_full};
+use common::server::{Server, INGEST, READ, WRITE};
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"))
@@ -28,83 +23,6 @@ fn error_code(body: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-const READ: &str = "read-secret-1";
-const WRITE: &str = "write-secret-1";
-const INGEST: &str = "ingest-secret-1";
-
-struct Server {
-    rt: tokio::runtime::Runtime,
-    port: u16,
-    store: Arc<dyn faultline::store::Store>,
-    printed: Captured,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Server {
-    fn start(body_limit: usize) -> Server {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let mut settings = Settings {
-            listen: "127.0.0.1:0".into(),
-            ..Settings::default()
-        };
-        settings.api.body_limit_bytes = body_limit;
-        let token = |name: &str, secret: &str, scope| ApiToken {
-            name: name.into(),
-            secret: SecretString::from(secret.to_string()),
-            scope,
-        };
-        settings.api.tokens = vec![
-            token("reader", READ, Scope::Read),
-            token("writer", WRITE, Scope::Write),
-            token("pusher", INGEST, Scope::Ingest),
-        ];
-        let printed = Captured::default();
-        let notifier = Arc::new(StdoutNotifier::with_writer(printed.clone()));
-        let app = rt
-            .block_on(App::build_with(
-                &settings,
-                RuleSet::embedded(),
-                Clock::EventTime,
-                notifier,
-            ))
-            .unwrap();
-        let port = app.port();
-        let store = app.store();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = rt.spawn(app.run_until(async move {
-            let _ = stop_rx.await;
-        }));
-        Server {
-            rt,
-            port,
-            store,
-            printed,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn insert(&self, inc: &Incident) {
-        self.rt.block_on(self.store.upsert(inc, &[], None)).unwrap();
-    }
-
-    fn printed(&self) -> String {
-        String::from_utf8(self.printed.0.lock().unwrap().clone()).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = self.rt.block_on(task);
-        }
-    }
 }
 
 fn incident(id: &str, provider: &str) -> Incident {

@@ -2,75 +2,30 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faultline::app::App;
-use faultline::config::{ApiToken, Scope, Settings};
 use faultline::ingest::generator::{Generator, Scenario};
-use faultline::notify::StdoutNotifier;
-use faultline::pipeline::Clock;
-use faultline::rules::RuleSet;
-use secrecy::SecretString;
 
 mod common;
-use common::http::{http, Captured};
+use common::http::http;
+use common::server::{Server, INGEST, READ};
 
 #[test]
 fn http_ingest_detects_and_serves_incidents() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        ..Settings::default()
-    };
-    settings.api.tokens = vec![
-        ApiToken {
-            name: "pusher".into(),
-            secret: SecretString::from("ingest-secret-1".to_string()),
-            scope: Scope::Ingest,
-        },
-        ApiToken {
-            name: "reader".into(),
-            secret: SecretString::from("read-secret-1".to_string()),
-            scope: Scope::Read,
-        },
-    ];
-    let printed = Captured::default();
-    let notifier = Arc::new(StdoutNotifier::with_writer(printed.clone()));
-    let app = rt
-        .block_on(App::build_with(
-            &settings,
-            RuleSet::embedded(),
-            Clock::EventTime,
-            notifier,
-        ))
-        .unwrap();
-    let port = app.port();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(app.run_until(async move {
-        let _ = stop_rx.await;
-    }));
+    let mut srv = Server::start(10 << 20);
+    let port = srv.port;
 
     // A scenario with its first fault, pushed in NDJSON chunks.
     let sc = Scenario::standard(5, 55 * 60_000, 60.0);
     let labels = sc.labels();
     let first = labels.faults.first().expect("one fault").clone();
     let lines: Vec<String> = Generator::new(&sc).unwrap().map(|l| l.text).collect();
-    assert_eq!(
-        http(port, "POST", "/v1/events", Some("read-secret-1"), b"{}").0,
-        403
-    );
+    assert_eq!(http(port, "POST", "/v1/events", Some(READ), b"{}").0, 403);
     assert_eq!(http(port, "POST", "/v1/events", None, b"{}").0, 401);
     let mut accepted = 0u64;
     for chunk in lines.chunks(5000) {
         let body = chunk.join("\n");
-        let (status, resp) = http(
-            port,
-            "POST",
-            "/v1/events",
-            Some("ingest-secret-1"),
-            body.as_bytes(),
-        );
+        let (status, resp) = http(port, "POST", "/v1/events", Some(INGEST), body.as_bytes());
         assert_eq!(status, 200, "{resp}");
         let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
         accepted += v["accepted"].as_u64().unwrap();
@@ -84,7 +39,7 @@ fn http_ingest_detects_and_serves_incidents() {
             port,
             "GET",
             &format!("/incidents?rule={}", first.rule),
-            Some("read-secret-1"),
+            Some(READ),
             b"",
         );
         assert_eq!(status, 200, "{body}");
@@ -100,32 +55,18 @@ fn http_ingest_detects_and_serves_incidents() {
         serde_json::from_value(incidents[0]["root_causes"][0]["dims"].clone()).unwrap();
     assert_eq!(dims, first.dims);
     let id = incidents[0]["id"].as_str().unwrap();
-    let (status, body) = http(
-        port,
-        "GET",
-        &format!("/incidents/{id}"),
-        Some("read-secret-1"),
-        b"",
-    );
+    let (status, body) = http(port, "GET", &format!("/incidents/{id}"), Some(READ), b"");
     assert_eq!(status, 200);
     let one: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(!one["timeline"].as_array().unwrap().is_empty());
     assert!(!one["series"].as_array().unwrap().is_empty());
     assert_eq!(
-        http(
-            port,
-            "GET",
-            "/incidents/inc_nope",
-            Some("read-secret-1"),
-            b""
-        )
-        .0,
+        http(port, "GET", "/incidents/inc_nope", Some(READ), b"").0,
         404
     );
 
-    let _ = stop_tx.send(());
-    rt.block_on(server).unwrap().unwrap();
-    let card = String::from_utf8(printed.0.lock().unwrap().clone()).unwrap();
+    srv.stop().unwrap();
+    let card = srv.printed();
     assert!(card.contains("OPENED"), "{card}");
 }
 

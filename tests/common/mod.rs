@@ -5,3 +5,4 @@
 pub mod hostile;
 pub mod http;
 pub mod nats_server;
+pub mod server;
