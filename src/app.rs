@@ -68,7 +68,8 @@ impl App {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryLimits::from(&settings.store)));
         let summarizer: Arc<dyn Summarizer> = Arc::new(TemplateSummarizer);
         let (events_tx, events_rx) = mpsc::channel(settings.engine.event_channel_capacity.max(1));
-        let state = AppState::new(settings, store.clone(), events_tx, metrics.clone());
+        let state = AppState::new(settings, store.clone(), events_tx, metrics.clone())
+            .with_notifier(notifier.clone());
         let listener = tokio::net::TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -111,6 +112,7 @@ impl App {
                 summarizer,
                 metrics,
                 rules: Arc::new(rules),
+                summary_deadline: settings.llm.deadline.0,
             },
             engine_opts,
             clock,

@@ -224,7 +224,7 @@ impl ClickHouseSettings {
 
 /// `[llm]`: an OpenAI-compatible endpoint for summaries. Off (template
 /// summaries) while `base_url` is unset.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmSettings {
     /// Base URL ending in `/v1` (`FAULTLINE_LLM_BASE_URL`).
@@ -234,6 +234,20 @@ pub struct LlmSettings {
     pub api_key: Option<SecretString>,
     /// Model name (`FAULTLINE_LLM_MODEL`); required with `base_url`.
     pub model: Option<String>,
+    /// How long an incident waits for the LLM's summary before it is posted
+    /// with the template's (then edited in place when the LLM's arrives).
+    pub deadline: Dur,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        LlmSettings {
+            base_url: None,
+            api_key: None,
+            model: None,
+            deadline: Dur(Duration::from_secs(8)),
+        }
+    }
 }
 
 impl LlmSettings {

@@ -30,6 +30,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod backtest;
 pub mod config;
 pub mod demo;

@@ -33,6 +33,44 @@ pub struct Metrics {
     store_writes: Histogram,
     nats_pending: AtomicU64,
     nats_connected: AtomicU64,
+    summaries_late: AtomicU64,
+    llm_calls: Labeled,
+    llm_latency: Histogram,
+    llm_tokens: Labeled,
+    summary_fallbacks: Labeled,
+    slack_calls: Labeled,
+    store_rows: Labeled,
+    store_rows_dropped: Labeled,
+    store_buffer_depth: AtomicU64,
+}
+
+/// A counter with one label, bounded to [`MAX_REASONS`] values (further values
+/// count as `other`).
+#[derive(Debug, Default)]
+struct Labeled(Mutex<BTreeMap<String, u64>>);
+
+impl Labeled {
+    fn add(&self, label: &str, n: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = map.get_mut(label) {
+            *v += n;
+        } else if map.len() < MAX_REASONS {
+            map.insert(label.to_string(), n);
+        } else {
+            *map.entry("other".to_string()).or_insert(0) += n;
+        }
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str, help: &str) {
+        header(out, name, help, "counter");
+        for (v, n) in self.snapshot() {
+            let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape_label(&v));
+        }
+    }
 }
 
 /// Upper bounds of the store write latency buckets, seconds.
@@ -181,6 +219,73 @@ impl Metrics {
         self.nats_connected.load(Ordering::Relaxed) == 1
     }
 
+    /// A summary missed its deadline; the incident went out with the template.
+    pub fn summary_late(&self) {
+        self.summaries_late.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One LLM request ended with `outcome` (`accepted`, `invalid`, `timeout`,
+    /// `http_429`, ...) after `latency`, using the tokens the endpoint reported.
+    pub fn llm_call(
+        &self,
+        outcome: &str,
+        latency: std::time::Duration,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    ) {
+        self.llm_calls.add(outcome, 1);
+        self.llm_latency.observe(latency);
+        self.llm_tokens.add("prompt", prompt_tokens);
+        self.llm_tokens.add("completion", completion_tokens);
+    }
+
+    /// A summary fell back to the template although an LLM is configured,
+    /// for `reason` (`timeout`, `invalid`, `circuit_open`, ...).
+    pub fn summary_fallback(&self, reason: &str) {
+        self.summary_fallbacks.add(reason, 1);
+    }
+
+    /// One Slack Web API call ended with `status` (`ok`, `rate_limited`,
+    /// `error`, `unavailable`).
+    pub fn slack_call(&self, status: &str) {
+        self.slack_calls.add(status, 1);
+    }
+
+    /// `n` rows were written to the store's `table`.
+    pub fn store_rows(&self, table: &str, n: u64) {
+        self.store_rows.add(table, n);
+    }
+
+    /// `n` rows for `table` were dropped because the write buffer was full.
+    pub fn store_rows_dropped(&self, table: &str, n: u64) {
+        self.store_rows_dropped.add(table, n);
+    }
+
+    /// Rows waiting in the store's write buffer now.
+    pub fn set_store_buffer_depth(&self, n: u64) {
+        self.store_buffer_depth.store(n, Ordering::Relaxed);
+    }
+
+    /// LLM requests so far, by outcome.
+    pub fn llm_calls(&self) -> BTreeMap<String, u64> {
+        self.llm_calls.snapshot()
+    }
+
+    /// Template fallbacks so far, by reason.
+    pub fn summary_fallbacks(&self) -> BTreeMap<String, u64> {
+        self.summary_fallbacks.snapshot()
+    }
+
+    /// Slack calls so far, by status.
+    pub fn slack_calls(&self) -> BTreeMap<String, u64> {
+        self.slack_calls.snapshot()
+    }
+
+    /// Rows dropped by the store so far, by table.
+    pub fn store_dropped(&self) -> BTreeMap<String, u64> {
+        self.store_rows_dropped.snapshot()
+    }
+
     /// Events received so far.
     pub fn received(&self) -> u64 {
         self.events_received.load(Ordering::Relaxed)
@@ -310,6 +415,59 @@ impl Metrics {
             "faultline_nats_connected",
             "1 while the NATS connection is up.",
             get(&self.nats_connected),
+        );
+        counter(
+            &mut out,
+            "faultline_summaries_late_total",
+            "Incidents posted with the template because the summarizer missed its deadline.",
+            get(&self.summaries_late),
+        );
+        self.llm_calls.render(
+            &mut out,
+            "faultline_llm_calls_total",
+            "outcome",
+            "LLM requests, by outcome.",
+        );
+        self.llm_latency.render(
+            &mut out,
+            "faultline_llm_call_seconds",
+            "Latency of LLM requests.",
+        );
+        self.llm_tokens.render(
+            &mut out,
+            "faultline_llm_tokens_total",
+            "kind",
+            "Tokens the LLM endpoint reported, prompt and completion.",
+        );
+        self.summary_fallbacks.render(
+            &mut out,
+            "faultline_summary_fallbacks_total",
+            "reason",
+            "Summaries written by the template although an LLM is configured, by reason.",
+        );
+        self.slack_calls.render(
+            &mut out,
+            "faultline_slack_calls_total",
+            "status",
+            "Slack Web API calls, by status.",
+        );
+        self.store_rows.render(
+            &mut out,
+            "faultline_store_rows_total",
+            "table",
+            "Rows written to the store, by table.",
+        );
+        self.store_rows_dropped.render(
+            &mut out,
+            "faultline_store_rows_dropped_total",
+            "table",
+            "Rows dropped because the store's write buffer was full, by table.",
+        );
+        gauge(
+            &mut out,
+            "faultline_store_buffer_rows",
+            "Rows waiting in the store's write buffer.",
+            get(&self.store_buffer_depth),
         );
         out
     }

@@ -2,17 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::engine::{Engine, EngineOptions, EngineStats, Skip};
 use crate::event::{self, Event};
-use crate::incident::{Change, Incident, Transition};
+use crate::incident::{Change, Incident, SummarySource, TimelineEntry, Transition};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::rules::{CompiledRule, RuleSet};
 use crate::store::Store;
-use crate::summarize::Summarizer;
+use crate::summarize::{Summarizer, Summary};
 
 /// The one-line JSON run report `faultline replay` prints to stderr.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -187,6 +188,10 @@ pub struct Outputs {
     pub metrics: Arc<Metrics>,
     /// The rules, for summaries.
     pub rules: Arc<RuleSet>,
+    /// How long an incident waits for its summary before it goes out with the
+    /// template's; a summary arriving later is applied in place
+    /// ([`Notifier::summary_updated`](crate::notify::Notifier::summary_updated)).
+    pub summary_deadline: Duration,
 }
 
 /// How far ahead of the wall clock an event may be stamped (clock skew) in
@@ -339,16 +344,117 @@ pub async fn run_outputs_with(
     outputs: Outputs,
     catch_up: Arc<CatchUp>,
 ) {
-    while let Some(change) = changes.recv().await {
-        let at = change.transition.incident().updated_at.timestamp_millis();
-        let quiet = change.notify && catch_up.is_quiet(at);
-        handle_change(change, &outputs, quiet).await;
+    // Summaries that missed their deadline come back here when they finish.
+    let (late_tx, mut late_rx) = mpsc::channel::<(String, Summary)>(64);
+    let mut open = true;
+    loop {
+        tokio::select! {
+            change = changes.recv(), if open => match change {
+                Some(change) => {
+                    let at = change.transition.incident().updated_at.timestamp_millis();
+                    let quiet = change.notify && catch_up.is_quiet(at);
+                    handle_change(change, &outputs, quiet, &late_tx).await;
+                }
+                None => open = false,
+            },
+            Some((id, summary)) = late_rx.recv() => apply_late_summary(&id, summary, &outputs).await,
+            else => break,
+        }
+        if !open && late_tx.strong_count() == 1 && late_rx.is_empty() {
+            // Intake ended and no summary is still being written.
+            break;
+        }
+    }
+}
+
+/// Summarizes `facts` within the deadline. On time: the summary. Late: the
+/// template now, and the summarizer's answer sent to `late` when it comes.
+async fn summarize_within(
+    o: &Outputs,
+    facts: crate::summarize::Facts,
+    late: &mpsc::Sender<(String, Summary)>,
+) -> Summary {
+    let summarizer = o.summarizer.clone();
+    let id = facts.incident_id.clone();
+    let fallback = crate::summarize::template(&facts);
+    let mut task = tokio::spawn(async move { summarizer.summarize(&facts).await });
+    match tokio::time::timeout(o.summary_deadline, &mut task).await {
+        Ok(Ok(summary)) => summary,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "summarizer task failed; using the template");
+            Summary {
+                note: Some("summarizer failed".into()),
+                ..fallback
+            }
+        }
+        Err(_) => {
+            o.metrics.summary_late();
+            let late = late.clone();
+            tokio::spawn(async move {
+                if let Ok(summary) = task.await {
+                    let _ = late.send((id, summary)).await;
+                }
+            });
+            Summary {
+                note: Some(format!(
+                    "summary not ready within {} ms; posted with the template",
+                    o.summary_deadline.as_millis()
+                )),
+                ..fallback
+            }
+        }
+    }
+}
+
+/// A summary that missed its deadline arrived: keep it and tell the notifier,
+/// unless it is no better than what the incident already shows.
+async fn apply_late_summary(id: &str, summary: Summary, o: &Outputs) {
+    if summary.source != SummarySource::Llm {
+        return;
+    }
+    let Ok(Some(rec)) = o.store.get(id).await else {
+        return;
+    };
+    let mut incident = rec.incident;
+    if incident.summary_source == SummarySource::Llm {
+        return;
+    }
+    let entry = TimelineEntry {
+        at: incident.updated_at,
+        what: "summary_updated".into(),
+        by: "faultline".into(),
+        detail: format!(
+            "LLM summary arrived after the deadline (prompt {})",
+            summary.prompt_version.as_deref().unwrap_or("?")
+        ),
+    };
+    summary.apply(&mut incident);
+    if let Err(e) = o.store.upsert(&incident, &[entry], None).await {
+        tracing::error!(incident_id = %id, error = %e, "storing the late summary failed");
+        return;
+    }
+    if o.store
+        .mute(&incident, chrono::Utc::now())
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        if let Err(e) = o.notifier.summary_updated(&incident).await {
+            o.metrics.notify_failure();
+            tracing::error!(incident_id = %id, error = %e, "notifying the late summary failed");
+        }
     }
 }
 
 /// `quiet`: a change the previous run notified; summarized and stored, not
 /// notified again.
-async fn handle_change(change: Change, o: &Outputs, quiet: bool) {
+async fn handle_change(
+    change: Change,
+    o: &Outputs,
+    quiet: bool,
+    late: &mpsc::Sender<(String, Summary)>,
+) {
     let Change {
         transition,
         notify,
@@ -358,12 +464,26 @@ async fn handle_change(change: Change, o: &Outputs, quiet: bool) {
     let mut incident = transition.incident().clone();
     let span = tracing::info_span!("incident", incident_id = %incident.id, rule = %incident.rule);
     let _enter = span.enter();
-    if notify {
+    let prev = if notify && !quiet {
+        None
+    } else {
+        o.store.get(&incident.id).await.ok().flatten()
+    };
+    if let (true, None) = (notify, &prev) {
         if let Some(rule) = o.rules.get(&incident.rule) {
             let facts = crate::summarize::Facts::new(&incident, &rule.rule);
-            o.summarizer.summarize(&facts).await.apply(&mut incident);
+            let summary = summarize_within(o, facts, late).await;
+            if let Some(note) = &summary.note {
+                timeline.push(TimelineEntry {
+                    at: incident.updated_at,
+                    what: "summary_fallback".into(),
+                    by: "faultline".into(),
+                    detail: note.clone(),
+                });
+            }
+            summary.apply(&mut incident);
         }
-    } else if let Ok(Some(prev)) = o.store.get(&incident.id).await {
+    } else if let Some(prev) = prev {
         // Routine refresh: keep the summary written when it was last notified.
         incident.title = prev.incident.title;
         incident.summary = prev.incident.summary;
@@ -397,7 +517,7 @@ async fn handle_change(change: Change, o: &Outputs, quiet: bool) {
     if let Some(why) = &mute {
         o.metrics.notification_muted();
         tracing::info!(%why, "not notified");
-        timeline.push(crate::incident::TimelineEntry {
+        timeline.push(TimelineEntry {
             at: incident.updated_at,
             what: "not_notified".into(),
             by: "faultline".into(),
@@ -417,5 +537,114 @@ async fn handle_change(change: Change, o: &Outputs, quiet: bool) {
             o.metrics.notify_failure();
             tracing::error!(error = %e, "notifying failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::notify::NotifyError;
+    use crate::store::memory::fixtures;
+    use crate::store::MemoryStore;
+    use crate::summarize::Facts;
+
+    /// Answers with an LLM summary after `delay`.
+    struct Slow {
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl Summarizer for Slow {
+        async fn summarize(&self, facts: &Facts) -> Summary {
+            tokio::time::sleep(self.delay).await;
+            Summary {
+                title: format!("LLM title for {}", facts.incident_id),
+                summary: "LLM summary".into(),
+                source: SummarySource::Llm,
+                prompt_version: Some("p1".into()),
+                note: None,
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Notifier for Heard {
+        async fn notify(&self, t: &Transition) -> Result<(), NotifyError> {
+            let i = t.incident();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("notify:{}:{:?}", i.title, i.summary_source));
+            Ok(())
+        }
+        async fn summary_updated(&self, i: &Incident) -> Result<(), NotifyError> {
+            self.0.lock().unwrap().push(format!(
+                "summary_updated:{}:{:?}",
+                i.title, i.summary_source
+            ));
+            Ok(())
+        }
+    }
+
+    async fn run(delay_ms: u64, deadline_ms: u64) -> (Arc<MemoryStore>, Vec<String>) {
+        let store = Arc::new(MemoryStore::default());
+        let heard = Arc::new(Heard::default());
+        let outputs = Outputs {
+            store: store.clone(),
+            notifier: heard.clone(),
+            summarizer: Arc::new(Slow {
+                delay: Duration::from_millis(delay_ms),
+            }),
+            metrics: Arc::new(Metrics::new()),
+            rules: Arc::new(RuleSet::embedded()),
+            summary_deadline: Duration::from_millis(deadline_ms),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Change {
+            transition: Transition::Opened(fixtures::incident("inc_1", 1_000_000)),
+            notify: true,
+            timeline: Vec::new(),
+            point: None,
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        // Returns only once the late summary, if any, has been applied.
+        run_outputs(rx, outputs).await;
+        let heard = heard.0.lock().unwrap().clone();
+        (store, heard)
+    }
+
+    #[tokio::test]
+    async fn a_summary_on_time_goes_out_with_the_incident() {
+        let (store, heard) = run(0, 5_000).await;
+        assert_eq!(heard, vec!["notify:LLM title for inc_1:Llm"]);
+        let rec = store.get("inc_1").await.unwrap().unwrap();
+        assert_eq!(rec.incident.summary_source, SummarySource::Llm);
+        assert!(rec.timeline.iter().all(|e| e.what != "summary_fallback"));
+    }
+
+    #[tokio::test]
+    async fn a_late_summary_does_not_delay_the_post_and_is_applied_when_it_comes() {
+        let (store, heard) = run(300, 20).await;
+        assert_eq!(heard.len(), 2, "{heard:?}");
+        assert!(
+            heard[0].starts_with("notify:") && heard[0].ends_with(":Template"),
+            "{heard:?}"
+        );
+        assert_eq!(heard[1], "summary_updated:LLM title for inc_1:Llm");
+        let rec = store.get("inc_1").await.unwrap().unwrap();
+        assert_eq!(rec.incident.summary_source, SummarySource::Llm);
+        assert_eq!(rec.incident.prompt_version.as_deref(), Some("p1"));
+        let whats: Vec<&str> = rec.timeline.iter().map(|e| e.what.as_str()).collect();
+        assert!(whats.contains(&"summary_fallback"), "{whats:?}");
+        assert!(whats.contains(&"summary_updated"), "{whats:?}");
     }
 }

@@ -120,5 +120,15 @@ async fn act(
         .await?
         .ok_or(ApiError::NotFound("incident"))?;
     tracing::info!(incident_id = %rec.incident.id, token = %auth.caller.name, ?action, "api: incident changed by a person");
+    if let Some(n) = &state.notifier {
+        let what = match action {
+            Action::Acknowledge => "acknowledged",
+            Action::Resolve => "resolved",
+        };
+        if let Err(e) = n.acted(&rec.incident, what, &auth.caller.name).await {
+            state.metrics.notify_failure();
+            tracing::warn!(incident_id = %rec.incident.id, error = %e, "telling the notifier failed");
+        }
+    }
     Ok(Json(rec))
 }

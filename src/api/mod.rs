@@ -53,6 +53,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::Settings;
 use crate::event::Event;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::store::Store;
 
 /// What every handler shares. Cheap to clone (handles and `Arc`s).
@@ -68,6 +69,9 @@ pub struct AppState {
     pub tokens: TokenSet,
     /// Which implementation backs each integration, as `/readyz` reports it.
     pub integrations: Arc<BTreeMap<&'static str, &'static str>>,
+    /// Told when a person acknowledges, resolves or silences an incident
+    /// (Slack edits its post); `None` in tests that need no notifier.
+    pub notifier: Option<Arc<dyn Notifier>>,
     /// Largest request body, bytes.
     pub body_limit: usize,
     /// Longest a request may take.
@@ -86,6 +90,12 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// The same state, telling `notifier` of people's actions.
+    pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> AppState {
+        self.notifier = Some(notifier);
+        self
+    }
+
     /// State for `settings`: tokens, limits and integration names from it.
     pub fn new(
         settings: &Settings,
@@ -99,6 +109,7 @@ impl AppState {
             metrics,
             tokens: TokenSet::new(settings.api.tokens.clone()),
             integrations: Arc::new(integrations(settings)),
+            notifier: None,
             body_limit: settings.api.body_limit_bytes,
             request_timeout: settings.api.request_timeout.0,
         }

@@ -10,7 +10,7 @@ pub use stdout::StdoutNotifier;
 
 use async_trait::async_trait;
 
-use crate::incident::Transition;
+use crate::incident::{Incident, Transition};
 
 /// Errors at the notify boundary. Messages never carry tokens.
 #[derive(Debug, thiserror::Error)]
@@ -31,4 +31,21 @@ pub enum NotifyError {
 pub trait Notifier: Send + Sync {
     /// Announces one transition: opened, updated or resolved.
     async fn notify(&self, t: &Transition) -> Result<(), NotifyError>;
+
+    /// A better summary (the LLM's) arrived after the incident was announced
+    /// with the template's: `incident` carries it. Slack edits its post in
+    /// place; the default does nothing.
+    async fn summary_updated(&self, incident: &Incident) -> Result<(), NotifyError> {
+        let _ = incident;
+        Ok(())
+    }
+
+    /// A person changed the incident (`acknowledged`, `resolved`, `silenced`)
+    /// through the API or a Slack button; `incident` is its state after the
+    /// change and `by` the person (token name or Slack user). Slack edits its
+    /// post and replies in the thread; the default does nothing.
+    async fn acted(&self, incident: &Incident, what: &str, by: &str) -> Result<(), NotifyError> {
+        let _ = (incident, what, by);
+        Ok(())
+    }
 }

@@ -292,6 +292,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn append_timeline(
+        &self,
+        id: &str,
+        entries: &[TimelineEntry],
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(rec) = inner.records.get(id) else {
+            return Ok(false);
+        };
+        let incident = rec.incident.clone();
+        inner.upsert(&self.limits, &incident, entries, None);
+        Ok(true)
+    }
+
     async fn list(&self, query: &IncidentQuery) -> Result<IncidentPage, StoreError> {
         self.lock().list(query)
     }

@@ -103,6 +103,13 @@ pub trait Store: Send + Sync {
         timeline: &[TimelineEntry],
         point: Option<SeriesPoint>,
     ) -> Result<(), StoreError>;
+    /// Appends timeline entries (a Slack post, a late summary) to an incident
+    /// without changing it; false when there is no such incident.
+    async fn append_timeline(
+        &self,
+        id: &str,
+        entries: &[TimelineEntry],
+    ) -> Result<bool, StoreError>;
     /// Incidents matching a query, newest first.
     async fn list(&self, query: &IncidentQuery) -> Result<IncidentPage, StoreError>;
     /// One incident with its timeline and series.

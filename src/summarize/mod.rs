@@ -99,11 +99,16 @@ pub struct Summary {
     pub source: SummarySource,
     /// The prompt version, when an LLM wrote it.
     pub prompt_version: Option<String>,
+    /// Why the template was used although an LLM is configured (timeout,
+    /// invalid output, circuit open, ...): recorded in the incident's timeline.
+    /// `None` when the summarizer did what it was configured to do.
+    pub note: Option<String>,
 }
 
 impl Summary {
     /// Writes it into the incident's title, summary, source and prompt version.
     pub fn apply(self, incident: &mut Incident) {
+        // `note` is the caller's to record; it is not part of the incident.
         incident.title = self.title;
         incident.summary = self.summary;
         incident.summary_source = self.source;

@@ -30,6 +30,7 @@ pub fn template(facts: &Facts) -> Summary {
         summary: redact::redact(&summary).into_owned(),
         source: SummarySource::Template,
         prompt_version: None,
+        note: None,
     }
 }
 
