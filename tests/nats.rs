@@ -376,3 +376,138 @@ fn server_restart_mid_stream_reconnects_and_keeps_consuming() {
         .render()
         .contains("faultline_nats_connected 1\n"));
 }
+
+/// A volume rule small enough to learn in a few minutes of event time.
+const SILENCE_RULE: &str = r#"
+rules:
+  - name: auth_volume_drop
+    description: Auth events stopped arriving.
+    kind: auth
+    detector: volume_drop
+    dimensions: [provider]
+    window: 20s
+    step: 5s
+    baseline:
+      horizon: 2m
+      warmup: 1m
+    thresholds:
+      min_events: 20
+      max_volume_ratio: 0.25
+      false_alarm_rate: 0.001
+    open_after: 2
+    resolve_after: 4
+    severity: critical
+"#;
+
+/// The wall clock moves the watermark when nothing arrives at all: a stream
+/// that goes silent after a steady flow opens a volume-drop incident with no
+/// further event to drive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_goes_silent_is_detected_on_the_wall_clock() {
+    let server = NatsServer::start();
+    let mut settings = settings(&server.url(), "SILENT");
+    settings.engine.allowed_lateness = faultline::rules::Dur(Duration::from_secs(2));
+    let rules = RuleSet::from_sources(&[("silence.yaml".into(), SILENCE_RULE.into())])
+        .expect("the test rule is valid");
+    // Three minutes of steady auth traffic ending now, 10 events/s per provider.
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut lines = Vec::new();
+    for i in 0..1800i64 {
+        let at = now - 180_000 + i * 100;
+        for provider in ["adyen", "stripe"] {
+            let ts = chrono::DateTime::from_timestamp_millis(at).unwrap();
+            lines.push(
+                serde_json::json!({
+                    "id": format!("{provider}-{i}"),
+                    "ts": ts.to_rfc3339(),
+                    "kind": "auth",
+                    "outcome": "success",
+                    "provider": provider,
+                    "region": "eu-west-1",
+                })
+                .to_string(),
+            );
+        }
+    }
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    // The stream exists before the daemon so the history is published first.
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: "SILENT".into(),
+        subjects: vec!["silent.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    publish(&js, "silent.auth", &lines).await;
+
+    let rec = Recorder::default();
+    let app = App::build_with(&settings, rules, Clock::Wall, Arc::new(rec.clone()))
+        .await
+        .expect("app builds against NATS");
+    let metrics = app.metrics();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+    wait_for("the history counted", Duration::from_secs(60), async || {
+        metrics.accepted() >= lines.len() as u64
+    })
+    .await;
+    // Nothing more is published: only the wall clock can reveal the silence.
+    wait_for(
+        "a volume-drop incident",
+        Duration::from_secs(120),
+        async || !rec.opened("auth_volume_drop").is_empty(),
+    )
+    .await;
+    assert_eq!(
+        metrics.accepted(),
+        lines.len() as u64,
+        "no event arrived after the history"
+    );
+    let _ = stop_tx.send(());
+    running.await.unwrap().unwrap();
+}
+
+/// A server that is down when the daemon starts is retried: the daemon comes
+/// up once it appears and consumes what is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_waits_for_a_server_that_starts_after_it() {
+    let mut server = NatsServer::not_started();
+    let settings = settings(&server.url(), "LATE");
+    let building = tokio::spawn(async move {
+        App::build_with(
+            &settings,
+            RuleSet::embedded(),
+            Clock::EventTime,
+            Arc::new(Recorder::default()),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !building.is_finished(),
+        "the build should still be retrying"
+    );
+    server.restart();
+    let app = building
+        .await
+        .unwrap()
+        .expect("the daemon connects once the server is up");
+    let metrics = app.metrics();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let (lines, _) = scenario();
+    publish(&js, "late.auth", &lines[..500]).await;
+    wait_for("the events consumed", Duration::from_secs(60), async || {
+        metrics.received() >= 500
+    })
+    .await;
+    let _ = stop_tx.send(());
+    running.await.unwrap().unwrap();
+}

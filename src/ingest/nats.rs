@@ -66,6 +66,8 @@ const FETCH_EXPIRES: Duration = Duration::from_secs(1);
 const LAG_EVERY: Duration = Duration::from_secs(1);
 /// How long the end of the replay waits for the engine to take the replayed events.
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
+/// How long the daemon keeps trying to reach NATS at start.
+const START_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// Errors at the NATS boundary. None quotes credentials: URLs are masked.
 #[derive(Debug, thiserror::Error)]
@@ -202,9 +204,27 @@ impl NatsSource {
             url: String::new(),
             message: "nats.url is not set".into(),
         })?;
-        let client = connect(url, Some(metrics.clone())).await?;
-        let js = jetstream::new(client.clone());
-        let stream = ensure_stream(&js, settings).await?;
+        // A server that is down at start (a deploy racing the NATS pods) is
+        // retried with backoff for a while before the daemon gives up.
+        let deadline = Instant::now() + START_RETRY_FOR;
+        let mut wait = Duration::from_millis(250);
+        let (client, stream) = loop {
+            let attempt = async {
+                let client = connect(url, Some(metrics.clone())).await?;
+                let js = jetstream::new(client.clone());
+                let stream = ensure_stream(&js, settings).await?;
+                Ok::<_, NatsError>((client, stream))
+            };
+            match attempt.await {
+                Ok(ok) => break ok,
+                Err(e) if Instant::now() + wait < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "NATS not ready at start; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let batch = settings.batch_size as i64;
         let consumer = stream
             .get_or_create_consumer(
@@ -212,7 +232,21 @@ impl NatsSource {
                 consumer::pull::Config {
                     durable_name: Some(DURABLE.into()),
                     description: Some("faultline incident detection".into()),
-                    deliver_policy: consumer::DeliverPolicy::All,
+                    // Only consulted when the consumer is created: a first start
+                    // on a stream with history counts what the windows need, not
+                    // the whole history (which would page about long-past faults).
+                    deliver_policy: if replay_span.is_zero() {
+                        consumer::DeliverPolicy::All
+                    } else {
+                        consumer::DeliverPolicy::ByStartTime {
+                            start_time: chrono::Utc::now()
+                                .checked_sub_signed(
+                                    chrono::Duration::from_std(replay_span)
+                                        .unwrap_or(chrono::Duration::MAX),
+                                )
+                                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+                        }
+                    },
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
                     max_deliver: settings.max_deliver,
@@ -244,52 +278,89 @@ impl NatsSource {
         mut stop: watch::Receiver<bool>,
         catch_up: Arc<CatchUp>,
     ) {
-        if let Err(e) = self.replay(&events, &catch_up).await {
-            tracing::error!(error = %e, "rebuilding windows from the stream failed; continuing live");
+        // The replay covers what the durable consumer had delivered before
+        // (acked or in flight); the backlog after it comes from the durable
+        // consumer itself, still in event time, so each message is read once.
+        // Catch-up ends when the durable consumer reaches the stream's last
+        // message at start, or finds nothing pending.
+        let backlog_end = match self.replay(&events, &catch_up).await {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::error!(error = %e, "rebuilding windows from the stream failed; continuing live");
+                None
+            }
+        };
+        let mut catching_up = backlog_end.is_some();
+        if !catching_up {
+            wait_taken(&events).await;
+            catch_up.finish();
         }
-        wait_taken(&events).await;
-        catch_up.finish();
 
         let mut last_lag = Instant::now() - LAG_EVERY;
+        // A continuous pull: the client asks for the next batch while this one
+        // is being counted, so the bus and the engine overlap.
+        let mut messages: Option<consumer::pull::Stream> = None;
         loop {
             if *stop.borrow() {
                 break;
             }
-            let fetch = self
-                .consumer
-                .fetch()
-                .max_messages(self.settings.batch_size)
-                .expires(FETCH_EXPIRES)
-                .messages();
-            let batch = tokio::select! {
-                _ = stop.changed() => break,
-                b = fetch => b,
-            };
-            match batch {
-                Ok(mut batch) => {
-                    // The batch is finished even when a stop arrives meanwhile:
-                    // what was delivered is handed over and acked.
-                    while let Some(msg) = batch.next().await {
-                        match msg {
-                            Ok(msg) => {
-                                if !self.handle(msg, &events).await {
-                                    return;
-                                }
+            let live = match messages.as_mut() {
+                Some(m) => m,
+                None => {
+                    let opened = self
+                        .consumer
+                        .stream()
+                        .max_messages_per_batch(self.settings.batch_size)
+                        .expires(FETCH_EXPIRES * 5)
+                        .heartbeat(FETCH_EXPIRES * 2)
+                        .messages()
+                        .await;
+                    match opened {
+                        Ok(m) => messages.insert(m),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "NATS pull failed; retrying");
+                            tokio::select! {
+                                _ = stop.changed() => break,
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => {},
                             }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "NATS fetch interrupted");
-                                break;
-                            }
+                            continue;
                         }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "NATS fetch failed; retrying");
-                    tokio::select! {
-                        _ = stop.changed() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+            };
+            let next = tokio::select! {
+                _ = stop.changed() => break,
+                n = tokio::time::timeout(FETCH_EXPIRES, live.next()) => n,
+            };
+            // `Err`: nothing arrived for a while (the backlog, if any, is done).
+            let mut idle = next.is_err();
+            match next {
+                Ok(Some(Ok(msg))) => {
+                    // A message delivered is handed over and acked even when a
+                    // stop arrives meanwhile.
+                    let Some(seq) = self.handle(msg, &events).await else {
+                        return;
+                    };
+                    idle = backlog_end.is_some_and(|end| seq >= end);
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "NATS pull interrupted; pulling again");
+                    if matches!(
+                        e.kind(),
+                        consumer::pull::MessagesErrorKind::ConsumerDeleted
+                            | consumer::pull::MessagesErrorKind::RequestLimitExceeded
+                    ) {
+                        messages = None;
                     }
                 }
+                Ok(None) => messages = None,
+                Err(_) => {}
+            }
+            if catching_up && idle {
+                catching_up = false;
+                wait_taken(&events).await;
+                catch_up.finish();
+                tracing::info!("caught up with the stream; the wall clock drives the watermark");
             }
             if last_lag.elapsed() >= LAG_EVERY {
                 last_lag = Instant::now();
@@ -302,9 +373,10 @@ impl NatsSource {
         tracing::info!("NATS ingest stopped");
     }
 
-    /// One live message: hand over or dead-letter, then ack. Returns false when
-    /// the engine channel closed (the message stays unacked and is redelivered).
-    async fn handle(&self, msg: jetstream::Message, events: &mpsc::Sender<Event>) -> bool {
+    /// One live message: hand over or dead-letter, then ack. Returns its stream
+    /// sequence, or `None` when the engine channel closed (the message stays
+    /// unacked and is redelivered).
+    async fn handle(&self, msg: jetstream::Message, events: &mpsc::Sender<Event>) -> Option<u64> {
         self.metrics.event_received();
         let (seq, delivered) = match msg.info() {
             Ok(i) => (i.stream_sequence, i.delivered),
@@ -313,7 +385,7 @@ impl NatsSource {
         match event::parse(&msg.payload) {
             Ok(ev) => {
                 if events.send(ev).await.is_err() {
-                    return false;
+                    return None;
                 }
             }
             Err(rej) => {
@@ -325,7 +397,7 @@ impl NatsSource {
                         let _ = msg
                             .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
                             .await;
-                        return true;
+                        return Some(seq);
                     }
                     tracing::error!(seq, reason = %reason, "giving up on a message after max_deliver deliveries");
                 }
@@ -334,7 +406,7 @@ impl NatsSource {
         if let Err(e) = msg.ack().await {
             tracing::warn!(error = %e, seq, "NATS ack failed; the message will be redelivered");
         }
-        true
+        Some(seq)
     }
 
     /// Re-publishes a rejected message with its reason. The payload is passed
@@ -367,32 +439,42 @@ impl NatsSource {
             })
     }
 
-    /// Replays `now - replay_span` .. the stream's last message at start into
-    /// the engine, marking what the previous run had acked as already notified.
+    /// Replays `now - replay_span` .. the last message the durable consumer had
+    /// delivered (acked or in flight when the previous run stopped) into the
+    /// engine, marking what the previous run had acked as already notified.
+    ///
+    /// Returns the stream's last sequence at start when there is a backlog
+    /// after that for the durable consumer to deliver (the caller stays in
+    /// catch-up until it gets there), `None` when there is none.
     async fn replay(
         &mut self,
         events: &mpsc::Sender<Event>,
         catch_up: &CatchUp,
-    ) -> Result<(), NatsError> {
+    ) -> Result<Option<u64>, NatsError> {
         let stream_err = |e: &dyn std::fmt::Display| NatsError::Stream {
             stream: self.settings.stream.clone(),
             message: e.to_string(),
         };
         let info = self.stream.get_info().await.map_err(|e| stream_err(&e))?;
-        let end = info.state.last_sequence;
-        if end == 0 || info.state.messages == 0 || self.replay_span.is_zero() {
-            return Ok(());
+        let last = info.state.last_sequence;
+        if last == 0 || info.state.messages == 0 {
+            return Ok(None);
         }
-        let acked = self
+        let consumer = self
             .consumer
             .info()
             .await
             .map_err(|e| NatsError::Consumer {
                 consumer: DURABLE.into(),
                 message: e.to_string(),
-            })?
-            .ack_floor
-            .stream_sequence;
+            })?;
+        let acked = consumer.ack_floor.stream_sequence;
+        let delivered = consumer.delivered.stream_sequence.min(last);
+        let backlog = (consumer.num_pending > 0).then_some(last);
+        let end = delivered;
+        if end == 0 || self.replay_span.is_zero() {
+            return Ok(backlog);
+        }
         let span = chrono::Duration::from_std(self.replay_span).unwrap_or(chrono::Duration::MAX);
         let start_time = chrono::Utc::now()
             .checked_sub_signed(span)
@@ -466,7 +548,7 @@ impl NatsSource {
             seconds = started.elapsed().as_secs_f64(),
             "windows rebuilt from the stream"
         );
-        Ok(())
+        Ok(backlog)
     }
 }
 

@@ -67,6 +67,17 @@ impl NatsServer {
         s
     }
 
+    /// A server with a port and a store folder, not running yet
+    /// ([`NatsServer::restart`] starts it).
+    pub fn not_started() -> NatsServer {
+        NatsServer {
+            bin: find_binary(),
+            port: free_port(),
+            store: tempfile::tempdir().expect("a temporary folder"),
+            child: None,
+        }
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
