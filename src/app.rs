@@ -18,10 +18,12 @@ use crate::engine::EngineOptions;
 use crate::event::Event;
 use crate::ingest::nats::NatsSource;
 use crate::metrics::Metrics;
-use crate::notify::{Notifier, StdoutNotifier};
+use crate::notify::{Notifier, SlackNotifier, StdoutNotifier};
 use crate::pipeline::{self, CatchUp, Clock, Outputs};
 use crate::rules::RuleSet;
+use crate::store::clickhouse::ClickHouseStore;
 use crate::store::{MemoryLimits, MemoryStore, Store};
+use crate::summarize::llm::LlmSummarizer;
 use crate::summarize::{Summarizer, TemplateSummarizer};
 
 /// How long shutdown waits for the engine and outputs to drain.
@@ -40,12 +42,16 @@ pub struct App {
     /// JetStream ingest beside HTTP, when `nats.url` is set.
     nats: Option<NatsSource>,
     catch_up: Arc<CatchUp>,
+    /// The ClickHouse store, when configured (also the store in `outputs`).
+    clickhouse: Option<Arc<ClickHouseStore>>,
+    /// Where LLM and Slack calls are audited.
+    audit: Arc<dyn crate::audit::Audit>,
 }
 
 impl App {
     /// Wires the stages from `settings` and binds `settings.listen`.
     pub async fn build(settings: &Settings, rules: RuleSet, clock: Clock) -> anyhow::Result<App> {
-        Self::build_with(settings, rules, clock, Arc::new(StdoutNotifier::new())).await
+        Self::build_inner(settings, rules, clock, None).await
     }
 
     /// [`App::build`] with a given notifier (tests capture what is posted).
@@ -55,18 +61,64 @@ impl App {
         clock: Clock,
         notifier: Arc<dyn Notifier>,
     ) -> anyhow::Result<App> {
-        for (name, on) in [
-            ("ClickHouse", settings.clickhouse.enabled()),
-            ("LLM", settings.llm.enabled()),
-            ("Slack", settings.slack.enabled()),
-        ] {
-            if on {
-                tracing::warn!("{name} is configured but not supported by this build yet; using the embedded default");
-            }
-        }
+        Self::build_inner(settings, rules, clock, Some(notifier)).await
+    }
+
+    /// Wires the stages; without a given notifier, Slack when configured and
+    /// stdout otherwise.
+    async fn build_inner(
+        settings: &Settings,
+        rules: RuleSet,
+        clock: Clock,
+        notifier: Option<Arc<dyn Notifier>>,
+    ) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryLimits::from(&settings.store)));
-        let summarizer: Arc<dyn Summarizer> = Arc::new(TemplateSummarizer);
+        // ClickHouse when configured: an unreachable server at start is an
+        // error (see `store::clickhouse`); outages later are ridden out.
+        let clickhouse = if settings.clickhouse.enabled() {
+            Some(
+                ClickHouseStore::connect(
+                    &settings.clickhouse,
+                    MemoryLimits::from(&settings.store),
+                    metrics.clone(),
+                )
+                .await
+                .context("ClickHouse store (FAULTLINE_CLICKHOUSE_URL)")?,
+            )
+        } else {
+            None
+        };
+        let store: Arc<dyn Store> = match &clickhouse {
+            Some(ch) => ch.clone(),
+            None => Arc::new(MemoryStore::new(MemoryLimits::from(&settings.store))),
+        };
+        // Every LLM and Slack call is audited: in ClickHouse when configured.
+        let audit: Arc<dyn crate::audit::Audit> = match &clickhouse {
+            Some(ch) => ch.audit(),
+            None => Arc::new(crate::audit::MemoryAudit::default()),
+        };
+        let summarizer: Arc<dyn Summarizer> = if settings.llm.enabled() {
+            let llm = LlmSummarizer::new(&settings.llm, audit.clone(), metrics.clone())
+                .context("LLM summaries")?;
+            tracing::info!(prompt_version = %llm.prompt_version(), "LLM summaries on");
+            Arc::new(llm)
+        } else {
+            Arc::new(TemplateSummarizer)
+        };
+        let notifier: Arc<dyn Notifier> = match notifier {
+            Some(n) => n,
+            None if settings.slack.enabled() => Arc::new(
+                SlackNotifier::new(
+                    &settings.slack,
+                    &rules,
+                    store.clone(),
+                    metrics.clone(),
+                    audit.clone(),
+                )
+                .context("Slack notifier")?,
+            ),
+            None => Arc::new(StdoutNotifier::new()),
+        };
         let (events_tx, events_rx) = mpsc::channel(settings.engine.event_channel_capacity.max(1));
         let state = AppState::new(settings, store.clone(), events_tx, metrics.clone())
             .with_notifier(notifier.clone());
@@ -119,7 +171,20 @@ impl App {
             transition_capacity: settings.engine.transition_channel_capacity.max(1),
             nats,
             catch_up,
+            clickhouse,
+            audit,
         })
+    }
+
+    /// Where LLM and Slack audit records go: the ClickHouse audit tables when
+    /// configured, else an in-memory ring that logs each record.
+    pub fn audit(&self) -> Arc<dyn crate::audit::Audit> {
+        self.audit.clone()
+    }
+
+    /// The ClickHouse store, when configured.
+    pub fn clickhouse(&self) -> Option<Arc<ClickHouseStore>> {
+        self.clickhouse.clone()
     }
 
     /// The bound port.
@@ -162,10 +227,11 @@ impl App {
             transition_capacity,
             nats,
             catch_up,
+            clickhouse,
             ..
         } = self;
         let (changes_tx, changes_rx) = mpsc::channel(transition_capacity);
-        let engine = tokio::spawn(pipeline::run_engine_with(
+        let engine = tokio::spawn(pipeline::run_engine_tapped(
             events_rx,
             outputs.rules.clone(),
             engine_opts,
@@ -173,7 +239,9 @@ impl App {
             changes_tx,
             outputs.metrics.clone(),
             catch_up.clone(),
+            clickhouse.as_ref().map(|ch| ch.tap()),
         ));
+        let notifier = outputs.notifier.clone();
         let sinks = tokio::spawn(pipeline::run_outputs_with(
             changes_rx,
             outputs,
@@ -204,6 +272,8 @@ impl App {
         let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
             let stats = engine.await;
             let _ = sinks.await;
+            // Posts still queued (Slack paces itself) go out before the exit.
+            notifier.flush().await;
             stats
         })
         .await;
@@ -211,6 +281,10 @@ impl App {
             Ok(Ok(stats)) => tracing::info!(?stats, "stopped"),
             Ok(Err(e)) => tracing::error!(error = %e, "engine task failed"),
             Err(_) => tracing::warn!("shutdown deadline passed before outputs drained"),
+        }
+        if let Some(ch) = clickhouse {
+            // Everything the pipeline produced goes out before the process ends.
+            ch.shutdown(SHUTDOWN_DEADLINE).await;
         }
         Ok(())
     }

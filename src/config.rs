@@ -129,6 +129,9 @@ pub struct NatsSettings {
     pub max_deliver: i64,
     /// Messages fetched per pull request.
     pub batch_size: usize,
+    /// Replicas of the stream when faultline creates it: 1 on a single server,
+    /// 3 on a production cluster (see `deploy/`).
+    pub replicas: usize,
 }
 
 /// `nats.retention`: the JetStream retention policy of a stream faultline creates.
@@ -153,6 +156,7 @@ impl Default for NatsSettings {
             retention: NatsRetention::Limits,
             max_deliver: 5,
             batch_size: 1000,
+            replicas: 1,
         }
     }
 }
@@ -175,6 +179,7 @@ impl fmt::Debug for NatsSettings {
             .field("retention", &self.retention)
             .field("max_deliver", &self.max_deliver)
             .field("batch_size", &self.batch_size)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -202,6 +207,45 @@ pub struct ClickHouseSettings {
     pub user: String,
     /// Password (`FAULTLINE_CLICKHOUSE_PASSWORD`).
     pub password: SecretString,
+    /// Rows held per table while ClickHouse is slow or down; past it new rows
+    /// are dropped and counted (`faultline_store_rows_dropped_total`).
+    pub buffer_rows: usize,
+    /// Most rows sent in one INSERT.
+    pub batch_rows: usize,
+    /// How often buffered rows are sent (sooner when a batch is full).
+    pub flush_interval: Dur,
+    /// Keep raw events (redacted, allow-listed fields) in the `events` table.
+    pub store_events: bool,
+    /// Keep 1 in N successful events (chosen by a hash of the id, so a replay
+    /// keeps the same ones); each kept row carries weight N. 1 keeps all.
+    pub success_sample: u32,
+    /// Days kept per table, enforced by dropping daily partitions; 0 keeps forever.
+    pub retention_days: ClickHouseRetention,
+}
+
+/// `[clickhouse.retention_days]`: days kept per table family (0: forever).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseRetention {
+    /// Raw events (`events`).
+    pub events: u32,
+    /// Per-step cell aggregates (`cell_steps`).
+    pub aggregates: u32,
+    /// Incidents, their timelines and series, by opening / entry day.
+    pub incidents: u32,
+    /// LLM and Slack call audit rows.
+    pub audit: u32,
+}
+
+impl Default for ClickHouseRetention {
+    fn default() -> Self {
+        ClickHouseRetention {
+            events: 7,
+            aggregates: 30,
+            incidents: 365,
+            audit: 90,
+        }
+    }
 }
 
 impl Default for ClickHouseSettings {
@@ -211,6 +255,12 @@ impl Default for ClickHouseSettings {
             database: "faultline".into(),
             user: "default".into(),
             password: SecretString::default(),
+            buffer_rows: 200_000,
+            batch_rows: 20_000,
+            flush_interval: Dur(Duration::from_secs(1)),
+            store_events: true,
+            success_sample: 1,
+            retention_days: ClickHouseRetention::default(),
         }
     }
 }
@@ -237,6 +287,33 @@ pub struct LlmSettings {
     /// How long an incident waits for the LLM's summary before it is posted
     /// with the template's (then edited in place when the LLM's arrives).
     pub deadline: Dur,
+    /// Sampling temperature, 0..2; low keeps summaries close to the facts.
+    pub temperature: f32,
+    /// Most completion tokens one answer may use.
+    pub max_tokens: u32,
+    /// Longest one HTTP request may take.
+    pub request_timeout: Dur,
+    /// Longest one summary may take in all (retries and backoff included);
+    /// past it the template is used.
+    pub total_timeout: Dur,
+    /// Retries of a request that failed with 429, 5xx, a timeout or a refused
+    /// connection (with backoff and jitter, honouring `Retry-After`).
+    pub max_retries: u32,
+    /// Consecutive endpoint failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker stops calling the endpoint.
+    pub breaker_cooldown: Dur,
+    /// Most LLM requests in flight at once.
+    pub max_concurrent: usize,
+    /// Most tokens (prompt plus completion) spent in any hour; past it, the
+    /// template is used until the hour rolls on.
+    pub tokens_per_hour: u64,
+    /// Summaries kept for identical fact sets (never summarized twice).
+    pub cache_entries: usize,
+    /// Folder with prompt files overriding the embedded one: `summary.toml`,
+    /// else the highest `summary.vN.toml`. Unset: the prompt built into the
+    /// binary (`prompts/summary.v1.toml`).
+    pub prompts_dir: Option<PathBuf>,
 }
 
 impl Default for LlmSettings {
@@ -246,6 +323,17 @@ impl Default for LlmSettings {
             api_key: None,
             model: None,
             deadline: Dur(Duration::from_secs(8)),
+            temperature: 0.1,
+            max_tokens: 800,
+            request_timeout: Dur(Duration::from_secs(10)),
+            total_timeout: Dur(Duration::from_secs(30)),
+            max_retries: 2,
+            breaker_failures: 5,
+            breaker_cooldown: Dur(Duration::from_secs(60)),
+            max_concurrent: 4,
+            tokens_per_hour: 200_000,
+            cache_entries: 256,
+            prompts_dir: None,
         }
     }
 }
@@ -271,6 +359,19 @@ pub struct SlackSettings {
     /// Verifies interaction requests (`FAULTLINE_SLACK_SIGNING_SECRET`); unset:
     /// interactions are refused.
     pub signing_secret: Option<SecretString>,
+    /// Channel per severity (`info`, `warning`, `critical`), overriding the
+    /// rule's `slack_channel`, e.g. `critical = "#payments-pager"`.
+    pub severity_channels: BTreeMap<String, String>,
+    /// Least time between two messages to one channel (Slack allows about
+    /// one per second).
+    pub min_interval: Dur,
+    /// Retries of a call Slack rate-limited (after `Retry-After`) or that
+    /// failed on the network or with a 5xx (with exponential backoff).
+    pub max_retries: u32,
+    /// Longest one Web API call may take.
+    pub request_timeout: Dur,
+    /// Upload a chart of failure rate and baseline into each incident's thread.
+    pub charts: bool,
 }
 
 impl Default for SlackSettings {
@@ -280,6 +381,11 @@ impl Default for SlackSettings {
             channel: None,
             api_url: "https://slack.com/api".into(),
             signing_secret: None,
+            severity_channels: BTreeMap::new(),
+            min_interval: Dur(Duration::from_secs(1)),
+            max_retries: 5,
+            request_timeout: Dur(Duration::from_secs(10)),
+            charts: true,
         }
     }
 }
@@ -599,6 +705,9 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if !(1..=5).contains(&self.nats.replicas) {
+            return Err(ConfigError::invalid("nats.replicas", "must be 1..5"));
+        }
         if !(1..=100_000).contains(&self.nats.batch_size) {
             return Err(ConfigError::invalid("nats.batch_size", "must be 1..100000"));
         }
@@ -626,11 +735,47 @@ impl Settings {
                 ));
             }
         }
+        if !(0.0..=2.0).contains(&self.llm.temperature) {
+            return Err(ConfigError::invalid("llm.temperature", "must be 0..2"));
+        }
+        for (key, v) in [
+            ("llm.max_tokens", u64::from(self.llm.max_tokens)),
+            ("llm.max_concurrent", self.llm.max_concurrent as u64),
+            ("llm.breaker_failures", u64::from(self.llm.breaker_failures)),
+            ("llm.tokens_per_hour", self.llm.tokens_per_hour),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, d) in [
+            ("llm.request_timeout", self.llm.request_timeout),
+            ("llm.total_timeout", self.llm.total_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than 0s"));
+            }
+        }
         http_url("slack.api_url", &self.slack.api_url)?;
         if self.slack.token.is_some() && self.slack.channel.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::invalid(
                 "slack.channel",
                 "required when slack.token is set",
+            ));
+        }
+        for (sev, channel) in &self.slack.severity_channels {
+            if !matches!(sev.as_str(), "info" | "warning" | "critical") || channel.trim().is_empty()
+            {
+                return Err(ConfigError::invalid(
+                    format!("slack.severity_channels.{sev}"),
+                    "keys must be info, warning or critical, values channel names or ids",
+                ));
+            }
+        }
+        if self.slack.request_timeout.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "slack.request_timeout",
+                "must be positive",
             ));
         }
         let positive = [
@@ -645,6 +790,12 @@ impl Settings {
                 self.engine.transition_channel_capacity,
             ),
             ("store.max_series_points", self.store.max_series_points),
+            ("clickhouse.buffer_rows", self.clickhouse.buffer_rows),
+            ("clickhouse.batch_rows", self.clickhouse.batch_rows),
+            (
+                "clickhouse.success_sample",
+                self.clickhouse.success_sample as usize,
+            ),
             (
                 "store.max_timeline_entries",
                 self.store.max_timeline_entries,
@@ -658,6 +809,12 @@ impl Settings {
         if self.api.request_timeout.0.is_zero() {
             return Err(ConfigError::invalid(
                 "api.request_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        if self.clickhouse.flush_interval.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "clickhouse.flush_interval",
                 "must be longer than 0s",
             ));
         }
@@ -1044,6 +1201,30 @@ mod tests {
         assert!(!Scope::Ingest.allows(Scope::Read));
     }
 
+    #[test]
+    fn llm_guardrail_keys_are_checked() {
+        let s = Settings::load_from(
+            "[llm]\ntemperature = 0.5\nmax_retries = 0\nprompts_dir = \"prompts\"",
+            env_of(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.llm.temperature, 0.5);
+        assert_eq!(s.llm.max_retries, 0);
+        assert_eq!(s.llm.prompts_dir, Some(PathBuf::from("prompts")));
+        for (toml, key) in [
+            ("[llm]\ntemperature = 3.0", "llm.temperature"),
+            ("[llm]\nmax_tokens = 0", "llm.max_tokens"),
+            ("[llm]\nmax_concurrent = 0", "llm.max_concurrent"),
+            ("[llm]\ntokens_per_hour = 0", "llm.tokens_per_hour"),
+            ("[llm]\nrequest_timeout = \"0s\"", "llm.request_timeout"),
+        ] {
+            let e = Settings::load_from(toml, env_of(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
     const EXAMPLE: &str = include_str!("../faultline.example.toml");
 
     #[test]
@@ -1056,6 +1237,14 @@ mod tests {
         assert_eq!(s.nats.subjects, d.nats.subjects);
         assert_eq!(s.clickhouse.database, d.clickhouse.database);
         assert_eq!(s.clickhouse.user, d.clickhouse.user);
+        assert_eq!(s.clickhouse.buffer_rows, d.clickhouse.buffer_rows);
+        assert_eq!(s.clickhouse.batch_rows, d.clickhouse.batch_rows);
+        assert_eq!(s.clickhouse.flush_interval, d.clickhouse.flush_interval);
+        assert_eq!(s.clickhouse.success_sample, d.clickhouse.success_sample);
+        assert_eq!(
+            s.clickhouse.retention_days.events,
+            d.clickhouse.retention_days.events
+        );
         assert_eq!(s.slack.api_url, d.slack.api_url);
         assert_eq!(s.api.body_limit_bytes, d.api.body_limit_bytes);
         assert_eq!(s.api.request_timeout, d.api.request_timeout);
@@ -1076,6 +1265,17 @@ mod tests {
         );
         assert_eq!(s.store.max_series_points, d.store.max_series_points);
         assert_eq!(s.store.max_timeline_entries, d.store.max_timeline_entries);
+        assert_eq!(s.llm.deadline, d.llm.deadline);
+        assert_eq!(s.llm.temperature, d.llm.temperature);
+        assert_eq!(s.llm.max_tokens, d.llm.max_tokens);
+        assert_eq!(s.llm.request_timeout, d.llm.request_timeout);
+        assert_eq!(s.llm.total_timeout, d.llm.total_timeout);
+        assert_eq!(s.llm.max_retries, d.llm.max_retries);
+        assert_eq!(s.llm.breaker_failures, d.llm.breaker_failures);
+        assert_eq!(s.llm.breaker_cooldown, d.llm.breaker_cooldown);
+        assert_eq!(s.llm.max_concurrent, d.llm.max_concurrent);
+        assert_eq!(s.llm.tokens_per_hour, d.llm.tokens_per_hour);
+        assert_eq!(s.llm.cache_entries, d.llm.cache_entries);
         assert!(!s.nats.enabled() && !s.clickhouse.enabled() && !s.llm.enabled());
         assert!(!s.slack.enabled() && s.api.tokens.is_empty());
     }

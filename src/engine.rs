@@ -21,7 +21,7 @@ use crate::detect::{directed_llr, Criteria, Decay, Direction, Ewma};
 use crate::event::Event;
 use crate::incident::{Change, Finding, IncidentManager, RootCause};
 use crate::ingest::dedupe::Dedupe;
-use crate::localize::{localize, Element, Leaf, Limits};
+use crate::localize::{localize, Element, Leaf};
 use crate::rules::{CompiledRule, Detector, RuleSet};
 use crate::window::{Cells, Interner, Key, MAX_DIMS};
 
@@ -121,6 +121,33 @@ impl RuleState {
     }
 }
 
+/// One cell's counts at one evaluation step, recorded when
+/// [`Engine::record_cell_steps`] is on (the ClickHouse store keeps them for
+/// dashboards). Attempts and failures are the step's own bucket, not the window,
+/// so steps add up over time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellStep {
+    /// The rule.
+    pub rule: std::sync::Arc<str>,
+    /// The event kind the rule watches.
+    pub kind: std::sync::Arc<str>,
+    /// Step end, epoch ms (event time).
+    pub step_end_ms: i64,
+    /// Step length, ms.
+    pub step_ms: i64,
+    /// The cell's dimension values, in the rule's dimension order.
+    pub dims: Vec<(String, String)>,
+    /// Attempts in the step.
+    pub attempts: u64,
+    /// Failures in the step (0 for volume rules).
+    pub failures: u64,
+    /// Failures expected from attempts x baseline rate (rate rules), or events
+    /// expected from the learned volume (volume rules).
+    pub expected: f64,
+    /// The cell's baseline rate (rate rules) or expected events per step (volume rules).
+    pub baseline: f64,
+}
+
 /// Counters of what the engine did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -147,6 +174,8 @@ pub struct Engine {
     /// Earliest step end any rule is waiting for.
     next_due_ms: i64,
     stats: EngineStats,
+    /// Per-cell step counts, when recording is on.
+    cell_steps: Option<Vec<CellStep>>,
 }
 
 impl Engine {
@@ -172,6 +201,21 @@ impl Engine {
             max_ts: i64::MIN,
             next_due_ms: i64::MAX,
             stats: EngineStats::default(),
+            cell_steps: None,
+        }
+    }
+
+    /// Turns on recording of [`CellStep`]s at every evaluation; collect them
+    /// with [`Engine::take_cell_steps`]. Off by default: it costs a string per
+    /// dimension per active cell per step.
+    pub fn record_cell_steps(&mut self, on: bool) {
+        self.cell_steps = on.then(Vec::new);
+    }
+
+    /// Moves the recorded cell steps into `out`.
+    pub fn take_cell_steps(&mut self, out: &mut Vec<CellStep>) {
+        if let Some(v) = &mut self.cell_steps {
+            out.append(v);
         }
     }
 
@@ -264,6 +308,9 @@ impl Engine {
                 s = last - keep;
             }
             while s <= last {
+                if let Some(steps) = &mut self.cell_steps {
+                    record_steps(rs, s, &self.interner, steps);
+                }
                 evaluate(rs, s, &self.interner, self.max_cells, &mut self.stats, out);
                 s += 1;
             }
@@ -271,6 +318,49 @@ impl Engine {
             next_due = next_due.min((s + 1) * rs.step_ms);
         }
         self.next_due_ms = next_due;
+    }
+}
+
+/// The step's own counts of every cell that saw events in it, with the
+/// baseline as it stands before the step teaches it.
+fn record_steps(rs: &RuleState, s: i64, interner: &Interner, out: &mut Vec<CellStep>) {
+    let volume_rule = rs.volume_rule();
+    let prior_rate = rs.overall.rate(0.0, 0.0);
+    let prior_events = rs.rule.rule.baseline.prior_events;
+    let rule: std::sync::Arc<str> = rs.rule.rule.name.as_str().into();
+    let kind: std::sync::Arc<str> = rs.rule.rule.kind.as_str().into();
+    for (key, cell) in rs.cells.iter() {
+        let b = cell.bucket(s);
+        if b.n == 0 && !volume_rule {
+            continue;
+        }
+        let (expected, baseline) = if volume_rule {
+            let v = cell.base.mean_volume();
+            if b.n == 0 && v <= 0.0 {
+                continue;
+            }
+            (v, v)
+        } else {
+            let p = cell.base.rate(prior_rate, prior_events);
+            (f64::from(b.n) * p, p)
+        };
+        out.push(CellStep {
+            rule: rule.clone(),
+            kind: kind.clone(),
+            step_end_ms: (s + 1) * rs.step_ms,
+            step_ms: rs.step_ms,
+            dims: rs
+                .rule
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(d, dim)| (dim.name(), interner.value(key[d]).to_string()))
+                .collect(),
+            attempts: u64::from(b.n),
+            failures: if volume_rule { 0 } else { u64::from(b.f) },
+            expected,
+            baseline,
+        });
     }
 }
 
@@ -397,7 +487,7 @@ fn evaluate(
     // 2. Localize, once the baseline has warmed up.
     let ndims = rs.rule.dims.len();
     let loc = if warm && !leaves.is_empty() {
-        localize(ndims, &leaves, &rs.criteria, &Limits::default())
+        localize(ndims, &leaves, &rs.criteria, &rs.rule.localize_limits())
     } else {
         Default::default()
     };
@@ -579,7 +669,7 @@ impl Engine {
             }
         }
         let c = rs.criteria;
-        let loc = localize(rs.rule.dims.len(), &leaves, &c, &Limits::default());
+        let loc = localize(rs.rule.dims.len(), &leaves, &c, &rs.rule.localize_limits());
         let (mut real, mut predict, mut volume) = (0.0, 0.0, 0.0);
         for l in leaves.iter().filter(|l| el.contains(&l.key)) {
             real += l.real;
@@ -704,8 +794,22 @@ mod tests {
     /// 40 events/s over 4 providers x 3 regions x 20 BINs at 1% failures, with
     /// `fault(ts, provider, region, bin) -> Option<failure rate>` applied.
     fn run(minutes: i64, fault: impl Fn(i64, usize, usize, usize) -> Option<f64>) -> Vec<Change> {
-        let rules = RuleSet::embedded();
-        let mut engine = Engine::new(&rules, &EngineOptions::default());
+        run_rules(
+            &RuleSet::embedded(),
+            minutes,
+            |b| format!("4000{b:02}"),
+            fault,
+        )
+    }
+
+    /// [`run`] with given rules and BIN names.
+    fn run_rules(
+        rules: &RuleSet,
+        minutes: i64,
+        bin_name: impl Fn(usize) -> String,
+        fault: impl Fn(i64, usize, usize, usize) -> Option<f64>,
+    ) -> Vec<Change> {
+        let mut engine = Engine::new(rules, &EngineOptions::default());
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut out = Vec::new();
         let mut id = 0;
@@ -722,7 +826,7 @@ mod tests {
                 ms,
                 &format!("p{p}"),
                 &format!("r{r}"),
-                &format!("4000{b:02}"),
+                &bin_name(b),
                 rng.gen_bool(rate),
             );
             let _ = engine.ingest(&e, &mut out);
@@ -778,6 +882,51 @@ mod tests {
             Some("400007")
         );
         assert_eq!(inc[0].root_causes[0].dims.len(), 1);
+    }
+
+    /// The shipped auth rule with the issuer range `bin4` beside `bin`.
+    fn rules_with_bin4() -> RuleSet {
+        let auth = include_str!("../rules/auth.yaml").replace(
+            "dimensions: [provider, region, bin]",
+            "dimensions: [provider, region, bin4, bin]",
+        );
+        assert!(auth.contains("bin4"), "the shipped auth rule changed shape");
+        RuleSet::from_sources(&[("auth.yaml".into(), auth)]).expect("valid rules")
+    }
+
+    /// BINs 0..10 are one issuer range (4147xx), 10..20 another (5100xx).
+    fn two_ranges(b: usize) -> String {
+        if b < 10 {
+            format!("4147{b:02}")
+        } else {
+            format!("5100{b:02}")
+        }
+    }
+
+    #[test]
+    fn an_issuer_range_failing_is_one_incident_on_its_prefix() {
+        let (start, end) = (40 * 60_000, 50 * 60_000);
+        let changes = run_rules(&rules_with_bin4(), 60, two_ranges, |t, _, _, b| {
+            (t >= start && t < end && b < 10).then_some(0.8)
+        });
+        let inc = opened(&changes);
+        assert_eq!(inc.len(), 1, "{inc:#?}");
+        let dims = &inc[0].root_causes[0].dims;
+        assert_eq!(dims.len(), 1, "{dims:?}");
+        assert_eq!(dims.get("bin4").map(String::as_str), Some("4147"));
+    }
+
+    #[test]
+    fn one_bin_of_a_range_failing_is_still_the_bin() {
+        let (start, end) = (40 * 60_000, 50 * 60_000);
+        let changes = run_rules(&rules_with_bin4(), 60, two_ranges, |t, _, _, b| {
+            (t >= start && t < end && b == 3).then_some(0.9)
+        });
+        let inc = opened(&changes);
+        assert_eq!(inc.len(), 1, "{inc:#?}");
+        let dims = &inc[0].root_causes[0].dims;
+        assert_eq!(dims.len(), 1, "{dims:?}");
+        assert_eq!(dims.get("bin").map(String::as_str), Some("414703"));
     }
 
     #[test]

@@ -15,9 +15,9 @@
 //! - [`localize`]: multi-dimensional root-cause localization (also `faultline rca`).
 //! - [`engine`]: ties window, detect and localize together per rule; pure and synchronous.
 //! - [`incident`]: incident lifecycle: fingerprints, open / update / resolve.
-//! - [`summarize`]: incident summaries (the deterministic template).
+//! - [`summarize`]: incident summaries: the deterministic template, and the guarded LLM.
 //! - [`notify`]: where incidents go: stdout.
-//! - [`store`]: where incidents are kept: memory.
+//! - [`store`]: where incidents are kept: memory, or ClickHouse (with events, aggregates, audit).
 //! - [`api`]: the HTTP API (axum).
 //! - [`app`]: building and running the daemon (`run`, `demo`).
 //! - [`metrics`]: counters and gauges, rendered for Prometheus.

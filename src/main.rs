@@ -78,6 +78,8 @@ enum Command {
     Backtest(faultline::backtest::BacktestArgs),
     /// Why an element did or did not fire at a time: counts, baseline, statistic, conditions.
     Explain(faultline::explain::ExplainArgs),
+    /// Scores the LLM summarizer on golden incidents: schema validity, faithfulness, leakage, length.
+    LlmEval(faultline::summarize::llm::eval::LlmEvalArgs),
     /// Rule files.
     Rules {
         #[command(subcommand)]
@@ -252,6 +254,15 @@ fn main() -> ExitCode {
             )
         }
         Command::Eval(args) => report_errors("eval", faultline::eval::eval_command(&args)),
+        Command::LlmEval(args) => {
+            init_logging("warn");
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            report_errors(
+                "llm-eval",
+                faultline::summarize::llm::eval::command(&args, &mut w),
+            )
+        }
         Command::Rules {
             command: RulesCommand::Test { files },
         } => {

@@ -280,7 +280,7 @@ pub async fn run_engine(
 
 /// [`run_engine`] with a [`CatchUp`] gate on the wall-clock timer.
 pub async fn run_engine_with(
-    mut events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Event>,
     rules: Arc<RuleSet>,
     opts: EngineOptions,
     clock: Clock,
@@ -288,7 +288,35 @@ pub async fn run_engine_with(
     metrics: Arc<Metrics>,
     catch_up: Arc<CatchUp>,
 ) -> EngineStats {
+    run_engine_tapped(events, rules, opts, clock, changes, metrics, catch_up, None).await
+}
+
+/// What a store that keeps raw events and per-step aggregates (ClickHouse)
+/// hears from the engine loop. Both calls must return at once (hand off to a
+/// bounded buffer, drop and count when it is full): the engine never waits.
+pub trait EngineTap: Send + Sync {
+    /// Events the engine counted (not duplicates, not late), one batch at a time.
+    fn events(&self, events: &[Event], replaying: bool);
+    /// Cell counts of the evaluation steps just run; take what is needed.
+    fn cell_steps(&self, steps: &mut Vec<crate::engine::CellStep>);
+}
+
+/// [`run_engine_with`], telling `tap` of every counted event and every cell step.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_engine_tapped(
+    mut events: mpsc::Receiver<Event>,
+    rules: Arc<RuleSet>,
+    opts: EngineOptions,
+    clock: Clock,
+    changes: mpsc::Sender<Change>,
+    metrics: Arc<Metrics>,
+    catch_up: Arc<CatchUp>,
+    tap: Option<Arc<dyn EngineTap>>,
+) -> EngineStats {
     let mut engine = Engine::new(&rules, &opts);
+    engine.record_cell_steps(tap.is_some());
+    let mut steps = Vec::new();
+    let mut counted = Vec::new();
     let lateness = opts.lateness_ms;
     let mut buf = Vec::with_capacity(1024);
     let mut out = Vec::new();
@@ -309,7 +337,12 @@ pub async fn run_engine_with(
                         continue;
                     }
                     match engine.ingest(&ev, &mut out) {
-                        Ok(()) => metrics.event_accepted(),
+                        Ok(()) => {
+                            metrics.event_accepted();
+                            if tap.is_some() {
+                                counted.push(ev);
+                            }
+                        }
                         Err(Skip::Duplicate) => metrics.event_duplicate(),
                         Err(Skip::Late) => metrics.event_late(),
                     }
@@ -323,6 +356,17 @@ pub async fn run_engine_with(
             }
         }
         metrics.set_active_cells(engine.active_cells() as u64);
+        if let Some(tap) = &tap {
+            if !counted.is_empty() {
+                tap.events(&counted, catch_up.is_replaying());
+                counted.clear();
+            }
+            engine.take_cell_steps(&mut steps);
+            if !steps.is_empty() {
+                tap.cell_steps(&mut steps);
+                steps.clear();
+            }
+        }
         for c in out.drain(..) {
             if changes.send(c).await.is_err() {
                 tracing::warn!("incident outputs closed; engine stopping");

@@ -79,6 +79,10 @@ pub enum Dim {
     ErrorCode,
     /// `attrs.NAME`
     Attr(String),
+    /// `binN`, N in 1..=5: the first N digits of the BIN, an issuer range (a
+    /// derived dimension: `bin4=4147` covers BINs 414700..414799). Listed
+    /// beside `bin`, several failing BINs of one range localize to one element.
+    BinPrefix(u8),
 }
 
 impl Dim {
@@ -91,6 +95,7 @@ impl Dim {
             "merchant_id" => Dim::MerchantId,
             "card_brand" => Dim::CardBrand,
             "error_code" => Dim::ErrorCode,
+            "bin1" | "bin2" | "bin3" | "bin4" | "bin5" => Dim::BinPrefix(name.as_bytes()[3] - b'0'),
             _ => {
                 let attr = name.strip_prefix("attrs.")?;
                 if attr.is_empty() || attr.len() > 64 {
@@ -111,6 +116,7 @@ impl Dim {
             Dim::CardBrand => "card_brand".into(),
             Dim::ErrorCode => "error_code".into(),
             Dim::Attr(a) => format!("attrs.{a}"),
+            Dim::BinPrefix(n) => format!("bin{n}"),
         }
     }
 
@@ -124,7 +130,15 @@ impl Dim {
             Dim::CardBrand => e.card_brand.as_deref(),
             Dim::ErrorCode => e.error_code.as_deref(),
             Dim::Attr(a) => e.attrs.get(a).map(String::as_str),
+            // A BIN is 6 to 8 ASCII digits, so a byte prefix is a char prefix.
+            Dim::BinPrefix(n) => e.bin.as_deref().and_then(|b| b.get(..usize::from(*n))),
         }
+    }
+
+    /// Whether the dimension is derived from another one (a BIN prefix): on
+    /// equal evidence the localizer reports the underlying dimension instead.
+    pub fn is_derived(&self) -> bool {
+        matches!(self, Dim::BinPrefix(_))
     }
 }
 
@@ -185,7 +199,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 /// How a rule learns what normal looks like.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Baseline {
     /// Half-life of the exponentially weighted baseline. Longer is steadier and
@@ -222,7 +236,7 @@ impl Default for Baseline {
 }
 
 /// Thresholds an element must pass, all of them, to count as anomalous.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
     /// Volume floor: attempts in the window (rate rules) or expected events
@@ -293,7 +307,7 @@ pub struct LinkTemplate {
 }
 
 /// One detection rule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Unique name, `[a-z0-9_]`, used in incidents and fingerprints.
@@ -354,7 +368,7 @@ fn default_resolve_after() -> u32 {
 }
 
 /// A validated rule, ready for the engine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CompiledRule {
     /// The rule as written.
     pub rule: Rule,
@@ -367,6 +381,20 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
+    /// Localization limits for this rule's dimensions (which are derived).
+    pub fn localize_limits(&self) -> crate::localize::Limits {
+        let derived = self
+            .dims
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.is_derived())
+            .fold(0u8, |m, (i, _)| m | (1 << i));
+        crate::localize::Limits {
+            derived,
+            ..Default::default()
+        }
+    }
+
     /// Step in milliseconds.
     pub fn step_ms(&self) -> i64 {
         self.rule.step.ms()

@@ -12,6 +12,8 @@
 //! - `POST /incidents/{id}/ack`, `POST /incidents/{id}/resolve` (scope `write`).
 //! - `GET /silences` (scope `read`), `POST /silences`, `DELETE /silences/{id}`
 //!   (scope `write`).
+//! - `POST /slack/interactions`: Slack's buttons, authenticated by Slack's
+//!   signature instead of a token ([`slack`]).
 //! - `GET /ui/incidents`, `GET /ui/incidents/{id}`: HTML shells that ask for a
 //!   token and fetch the JSON routes ([`pages`]).
 //!
@@ -24,6 +26,7 @@ mod incidents;
 pub mod openapi;
 pub mod pages;
 mod silences;
+mod slack;
 #[cfg(test)]
 mod tests;
 
@@ -72,6 +75,8 @@ pub struct AppState {
     /// Told when a person acknowledges, resolves or silences an incident
     /// (Slack edits its post); `None` in tests that need no notifier.
     pub notifier: Option<Arc<dyn Notifier>>,
+    /// Verifies `POST /slack/interactions` (refuses all without a signing secret).
+    pub slack: Arc<crate::notify::slack::SlackVerifier>,
     /// Largest request body, bytes.
     pub body_limit: usize,
     /// Longest a request may take.
@@ -110,6 +115,9 @@ impl AppState {
             tokens: TokenSet::new(settings.api.tokens.clone()),
             integrations: Arc::new(integrations(settings)),
             notifier: None,
+            slack: Arc::new(crate::notify::slack::SlackVerifier::new(
+                settings.slack.signing_secret.clone(),
+            )),
             body_limit: settings.api.body_limit_bytes,
             request_timeout: settings.api.request_timeout.0,
         }
@@ -152,6 +160,7 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("GET", "/silences", get(silences::list)),
         ("POST", "/silences", post(silences::create)),
         ("DELETE", "/silences/{id}", delete(silences::delete)),
+        ("POST", "/slack/interactions", post(slack::interactions)),
         ("GET", "/ui/incidents", get(pages::list_page)),
         ("GET", "/ui/incidents/{id}", get(pages::incident_page)),
     ]

@@ -42,6 +42,7 @@ use crate::store::{IncidentPage, IncidentRecord, Silence};
         super::silences::list,
         super::silences::create,
         super::silences::delete,
+        super::slack::interactions,
         super::pages::list_page,
         super::pages::incident_page,
     ),
@@ -56,6 +57,7 @@ use crate::store::{IncidentPage, IncidentRecord, Silence};
         (name = "silences", description = "Mute notifications of matching incidents"),
         (name = "ingest", description = "Events in"),
         (name = "ops", description = "Health, readiness, metrics, this description"),
+        (name = "slack", description = "Slack interactivity (signed by Slack, no bearer token)"),
         (name = "pages", description = "HTML pages for responders"),
     )
 )]

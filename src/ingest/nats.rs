@@ -154,6 +154,7 @@ pub fn stream_config(settings: &NatsSettings) -> stream::Config {
             NatsRetention::Workqueue => stream::RetentionPolicy::WorkQueue,
         },
         storage: stream::StorageType::File,
+        num_replicas: settings.replicas,
         ..Default::default()
     }
 }

@@ -99,6 +99,11 @@ pub struct Limits {
     pub max_causes: usize,
     /// Deviance an element needs to be expanded (loose; not a detection).
     pub expand_llr: f64,
+    /// Bit `d` set when dimension `d` is derived from another (a BIN prefix
+    /// beside `bin`): on equal evidence an element fixing fewer derived
+    /// dimensions is reported (`bin=414720` rather than `bin4=4147` when the
+    /// range has only that BIN).
+    pub derived: u8,
 }
 
 impl Default for Limits {
@@ -107,6 +112,7 @@ impl Default for Limits {
             beam: 24,
             max_causes: 5,
             expand_llr: 9.0,
+            derived: 0,
         }
     }
 }
@@ -302,8 +308,14 @@ pub fn localize(
                 residual[a]
                     .llr
                     .total_cmp(&residual[b].llr)
-                    // Equal evidence: prefer the simpler element, then a stable order.
+                    // Equal evidence: prefer the simpler element, then the one
+                    // naming underlying dimensions, then a stable order.
                     .then(residual[b].depth().cmp(&residual[a].depth()))
+                    .then(
+                        (residual[b].mask & limits.derived)
+                            .count_ones()
+                            .cmp(&(residual[a].mask & limits.derived).count_ones()),
+                    )
                     .then(residual[b].key.cmp(&residual[a].key))
             });
         let Some(i) = best else { break };

@@ -1,11 +1,13 @@
-//! Where incidents go: stdout (embedded default).
+//! Where incidents go: stdout (embedded default) or Slack ([`slack`]).
 //!
 //! A [`Notifier`] hears every [`Transition`] the pipeline decides people should
 //! know about. It knows nothing of statistics: it renders the incident as it is.
 //! Everything it lets out passes through [`crate::redact`].
 
+pub mod slack;
 mod stdout;
 
+pub use slack::SlackNotifier;
 pub use stdout::StdoutNotifier;
 
 use async_trait::async_trait;
@@ -48,4 +50,9 @@ pub trait Notifier: Send + Sync {
         let _ = (incident, what, by);
         Ok(())
     }
+
+    /// Returns once everything handed over so far has been delivered (or given
+    /// up on): shutdown waits for it, with a deadline. The default has nothing
+    /// queued.
+    async fn flush(&self) {}
 }

@@ -54,7 +54,7 @@ impl Notifier for StdoutNotifier {
         };
         // Incidents are built from redacted events; this pass is the boundary
         // check for anything that reached them another way.
-        let text = redact::redact(&text);
+        let text = redact::redact_all(&text);
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         out.write_all(text.as_bytes())?;
         out.flush()?;

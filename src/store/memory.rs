@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Action, Cursor, IncidentPage, IncidentQuery, IncidentRecord, Mute, Silence, StatusCounts,
-    Store, StoreError,
+    Action, IncidentPage, IncidentQuery, IncidentRecord, Mute, Silence, StatusCounts, Store,
+    StoreError,
 };
 use crate::config::StoreSettings;
 use crate::incident::{Incident, SeriesPoint, Status, TimelineEntry};
@@ -95,6 +95,42 @@ impl MemoryStore {
     /// Whether it holds no incident.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The status a person set on an incident, if any (what engine updates keep).
+    pub fn human_status(&self, id: &str) -> Option<Status> {
+        self.lock().human.get(id).copied()
+    }
+
+    /// The latest state of one incident, without its history.
+    pub fn incident(&self, id: &str) -> Option<Incident> {
+        self.lock().records.get(id).map(|r| r.incident.clone())
+    }
+
+    /// Puts back a record kept elsewhere (a persistent store loading its recent
+    /// incidents at start), with the status a person had set.
+    pub fn restore(&self, record: IncidentRecord, human: Option<Status>) {
+        let mut inner = self.lock();
+        let id = record.incident.id.clone();
+        inner.human.remove(&id);
+        inner.upsert(&self.limits, &record.incident, &[], None);
+        if let Some(rec) = inner.records.get_mut(&id) {
+            rec.timeline = record.timeline;
+            rec.series = record.series;
+            let max_tl = self.limits.max_timeline_entries.max(1);
+            if rec.timeline.len() > max_tl {
+                let excess = rec.timeline.len() - max_tl;
+                rec.timeline.drain(1..1 + excess);
+            }
+            let max_points = self.limits.max_series_points.max(1);
+            if rec.series.len() > max_points {
+                let excess = rec.series.len() - max_points;
+                rec.series.drain(..excess);
+            }
+            if let Some(h) = human {
+                inner.human.insert(id, h);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -268,15 +304,7 @@ impl Inner {
             }
             incidents.push(rec.incident.clone());
         }
-        let next_cursor = if more {
-            incidents.last().map(|i| Cursor::of(i).encode())
-        } else {
-            None
-        };
-        Ok(IncidentPage {
-            incidents,
-            next_cursor,
-        })
+        Ok(IncidentPage::new(incidents, more))
     }
 }
 

@@ -1,4 +1,5 @@
-//! Where incidents are kept: in memory (embedded default).
+//! Where incidents are kept: in memory (embedded default) or in ClickHouse
+//! ([`clickhouse`], when `FAULTLINE_CLICKHOUSE_URL` is set).
 //!
 //! [`IncidentQuery`] is what `GET /incidents` receives; [`IncidentQuery::parse`]
 //! validates it into an [`IncidentFilter`] once, so every store applies the same
@@ -19,6 +20,7 @@
 //!   incident for the same fingerprint only once the old one has resolved on its
 //!   own, so a resolve never triggers an immediate re-page.
 
+pub mod clickhouse;
 pub mod memory;
 pub mod silence;
 
@@ -360,6 +362,22 @@ pub struct IncidentPage {
     pub incidents: Vec<Incident>,
     /// Cursor of the next page, null at the end.
     pub next_cursor: Option<String>,
+}
+
+impl IncidentPage {
+    /// A page of `incidents`; `more` says whether the store holds more past the last one,
+    /// in which case the next page's cursor points after it.
+    pub fn new(incidents: Vec<Incident>, more: bool) -> IncidentPage {
+        let next_cursor = if more {
+            incidents.last().map(|i| Cursor::of(i).encode())
+        } else {
+            None
+        };
+        IncidentPage {
+            incidents,
+            next_cursor,
+        }
+    }
 }
 
 #[cfg(test)]

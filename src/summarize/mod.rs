@@ -4,9 +4,10 @@
 //! rule's own text, never raw event payloads. Dimension values did come from
 //! events, so [`Facts::new`] passes them through [`crate::redact`] (and the
 //! template does again before anything becomes text). The deterministic
-//! [`template`] is always available; an LLM summarizer, when configured, falls
-//! back to it.
+//! [`template`] is always available; the [`llm`] summarizer, when configured,
+//! falls back to it.
 
+pub mod llm;
 mod template;
 
 pub use template::template;
@@ -62,7 +63,7 @@ impl Facts {
             .map(|c| {
                 let mut c = c.clone();
                 for v in c.dims.values_mut() {
-                    if let std::borrow::Cow::Owned(r) = redact::redact(v) {
+                    if let std::borrow::Cow::Owned(r) = redact::redact_all(v) {
                         *v = r;
                     }
                 }
@@ -72,7 +73,7 @@ impl Facts {
         Facts {
             incident_id: incident.id.clone(),
             rule: incident.rule.clone(),
-            description: redact::redact(&rule.description).into_owned(),
+            description: redact::redact_all(&rule.description).into_owned(),
             kind: incident.kind.clone(),
             severity: incident.severity,
             detector: rule.detector,

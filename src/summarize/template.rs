@@ -26,8 +26,8 @@ pub fn template(facts: &Facts) -> Summary {
     // The values were redacted one by one; this pass is the last line of defence
     // for anything that reached the text another way.
     Summary {
-        title: redact::redact(&title).into_owned(),
-        summary: redact::redact(&summary).into_owned(),
+        title: redact::redact_all(&title).into_owned(),
+        summary: redact::redact_all(&summary).into_owned(),
         source: SummarySource::Template,
         prompt_version: None,
         note: None,
@@ -164,7 +164,7 @@ fn what_line(s: &mut String, f: &Facts) {
     let what = if f.description.trim().is_empty() {
         rule_label(&f.rule)
     } else {
-        redact::redact(f.description.trim()).into_owned()
+        redact::redact_all(f.description.trim()).into_owned()
     };
     let _ = writeln!(
         s,
@@ -182,7 +182,7 @@ fn where_line(s: &mut String, c: &RootCause, of_what: &str) {
         let kv: Vec<String> = c
             .dims
             .iter()
-            .map(|(k, v)| format!("{k}={}", redact::redact(v)))
+            .map(|(k, v)| format!("{k}={}", redact::redact_all(v)))
             .collect();
         format!(" ({})", kv.join(", "))
     };
@@ -237,7 +237,7 @@ fn element(dims: &BTreeMap<String, String>) -> String {
     if dims.is_empty() {
         return "all traffic".into();
     }
-    let v = |k: &str| dims.get(k).map(|v| redact::redact(v).into_owned());
+    let v = |k: &str| dims.get(k).map(|v| redact::redact_all(v).into_owned());
     let mut parts = Vec::new();
     let provider = v("provider");
     let region = v("region");
@@ -264,7 +264,11 @@ fn element(dims: &BTreeMap<String, String>) -> String {
         );
         if !known {
             let name = k.strip_prefix("attrs.").unwrap_or(k);
-            parts.push(format!("{}={}", redact::redact(name), redact::redact(x)));
+            parts.push(format!(
+                "{}={}",
+                redact::redact_all(name),
+                redact::redact_all(x)
+            ));
         }
     }
     parts.join(", ")

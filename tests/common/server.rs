@@ -33,12 +33,15 @@ pub struct Server {
 impl Server {
     /// Starts it with a request body limit.
     pub fn start(body_limit: usize) -> Server {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let mut settings = Settings {
-            listen: "127.0.0.1:0".into(),
-            ..Settings::default()
-        };
+        let mut settings = Settings::default();
         settings.api.body_limit_bytes = body_limit;
+        Server::start_with(settings)
+    }
+
+    /// Starts it with `settings` (listen and API tokens are the harness's).
+    pub fn start_with(mut settings: Settings) -> Server {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        settings.listen = "127.0.0.1:0".into();
         let token = |name: &str, secret: &str, scope| ApiToken {
             name: name.into(),
             secret: SecretString::from(secret.to_string()),
