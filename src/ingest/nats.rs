@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{mask_userinfo, NatsRetention, NatsSettings};
@@ -301,6 +301,8 @@ impl NatsSource {
         // A continuous pull: the client asks for the next batch while this one
         // is being counted, so the bus and the engine overlap.
         let mut messages: Option<consumer::pull::Stream> = None;
+        // A message pulled past a full batch, first in the next one.
+        let mut deferred = None;
         loop {
             if *stop.borrow() {
                 break;
@@ -329,21 +331,42 @@ impl NatsSource {
                     }
                 }
             };
-            let next = tokio::select! {
-                _ = stop.changed() => break,
-                n = tokio::time::timeout(FETCH_EXPIRES, live.next()) => n,
+            let next = match deferred.take() {
+                Some(n) => Ok(n),
+                None => tokio::select! {
+                    _ = stop.changed() => break,
+                    n = tokio::time::timeout(FETCH_EXPIRES, live.next()) => n.map_err(|_| ()),
+                },
             };
             // `Err`: nothing arrived for a while (the backlog, if any, is done).
             let mut idle = next.is_err();
+            // Messages the client already holds join this one: they are parsed,
+            // handed to the engine with one reservation and acked together,
+            // which saves a wake-up of the engine per message.
+            let mut batch = Vec::new();
+            let mut next = next;
+            while let Ok(Some(Ok(msg))) = next {
+                batch.push(msg);
+                next = match live.next().now_or_never() {
+                    Some(n) if batch.len() < self.settings.batch_size => Ok(n),
+                    Some(n) => {
+                        // Full: keep the extra message for the next batch.
+                        deferred = Some(n);
+                        Err(())
+                    }
+                    None => Err(()),
+                };
+            }
+            if !batch.is_empty() {
+                // A message delivered is handed over and acked even when a
+                // stop arrives meanwhile.
+                let Some(seq) = self.handle_batch(batch, &events).await else {
+                    return;
+                };
+                idle = backlog_end.is_some_and(|end| seq >= end);
+            }
             match next {
-                Ok(Some(Ok(msg))) => {
-                    // A message delivered is handed over and acked even when a
-                    // stop arrives meanwhile.
-                    let Some(seq) = self.handle(msg, &events).await else {
-                        return;
-                    };
-                    idle = backlog_end.is_some_and(|end| seq >= end);
-                }
+                Ok(Some(Ok(_))) | Err(_) => {}
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "NATS pull interrupted; pulling again");
                     if matches!(
@@ -355,7 +378,6 @@ impl NatsSource {
                     }
                 }
                 Ok(None) => messages = None,
-                Err(_) => {}
             }
             if catching_up && idle {
                 catching_up = false;
@@ -374,40 +396,66 @@ impl NatsSource {
         tracing::info!("NATS ingest stopped");
     }
 
-    /// One live message: hand over or dead-letter, then ack. Returns its stream
-    /// sequence, or `None` when the engine channel closed (the message stays
-    /// unacked and is redelivered).
-    async fn handle(&self, msg: jetstream::Message, events: &mpsc::Sender<Event>) -> Option<u64> {
-        self.metrics.event_received();
-        let (seq, delivered) = match msg.info() {
-            Ok(i) => (i.stream_sequence, i.delivered),
-            Err(_) => (0, 1),
-        };
-        match event::parse(&msg.payload) {
-            Ok(ev) => {
-                if events.send(ev).await.is_err() {
-                    return None;
-                }
-            }
-            Err(rej) => {
-                let reason = rej.reason();
-                self.metrics.event_rejected(&reason);
-                if let Err(e) = self.dead_letter(&msg, rej, seq).await {
-                    tracing::warn!(error = %e, seq, "dead-lettering failed");
-                    if delivered < self.settings.max_deliver {
-                        let _ = msg
-                            .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
-                            .await;
-                        return Some(seq);
+    /// Live messages, in stream order: valid events handed to the engine,
+    /// rejections dead-lettered, then each acked (or, when dead-lettering
+    /// failed, nak'ed for redelivery until `max_deliver`). Returns the last
+    /// stream sequence, or `None` when the engine channel closed (the messages
+    /// stay unacked and are redelivered).
+    async fn handle_batch(
+        &self,
+        msgs: Vec<jetstream::Message>,
+        events: &mpsc::Sender<Event>,
+    ) -> Option<u64> {
+        let mut parsed = Vec::with_capacity(msgs.len());
+        let mut nak = vec![false; msgs.len()];
+        let mut last = 0;
+        for (i, msg) in msgs.iter().enumerate() {
+            self.metrics.event_received();
+            let (seq, delivered) = match msg.info() {
+                Ok(info) => (info.stream_sequence, info.delivered),
+                Err(_) => (0, 1),
+            };
+            last = last.max(seq);
+            match event::parse(&msg.payload) {
+                Ok(ev) => parsed.push(ev),
+                Err(rej) => {
+                    let reason = rej.reason();
+                    self.metrics.event_rejected(&reason);
+                    if let Err(e) = self.dead_letter(msg, rej, seq).await {
+                        tracing::warn!(error = %e, seq, "dead-lettering failed");
+                        if delivered < self.settings.max_deliver {
+                            nak[i] = true;
+                        } else {
+                            tracing::error!(seq, reason = %reason, "giving up on a message after max_deliver deliveries");
+                        }
                     }
-                    tracing::error!(seq, reason = %reason, "giving up on a message after max_deliver deliveries");
                 }
             }
         }
-        if let Err(e) = msg.ack().await {
-            tracing::warn!(error = %e, seq, "NATS ack failed; the message will be redelivered");
+        // One reservation per channel-full of events, not a send per event.
+        let mut parsed = parsed.into_iter();
+        loop {
+            let n = parsed.len().min(events.max_capacity());
+            if n == 0 {
+                break;
+            }
+            let permits = events.reserve_many(n).await.ok()?;
+            for (permit, ev) in permits.zip(parsed.by_ref()) {
+                permit.send(ev);
+            }
         }
-        Some(seq)
+        for (msg, nak) in msgs.iter().zip(nak) {
+            let acked = if nak {
+                msg.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
+            } else {
+                msg.ack().await
+            };
+            if let Err(e) = acked {
+                tracing::warn!(error = %e, "NATS ack failed; the message will be redelivered");
+            }
+        }
+        Some(last)
     }
 
     /// Re-publishes a rejected message with its reason. The payload is passed
