@@ -29,7 +29,7 @@ use faultline::event::Event;
 use faultline::ingest::generator::{Generator, Scenario};
 use faultline::metrics::Metrics;
 use faultline::notify::StdoutNotifier;
-use faultline::pipeline::{self, CatchUp, Clock, EngineTap, Outputs};
+use faultline::pipeline::{self, Clock, EngineTap, Outputs};
 use faultline::rules::RuleSet;
 use faultline::store::clickhouse::ClickHouseStore;
 use faultline::store::{MemoryLimits, MemoryStore, Store};
@@ -171,20 +171,15 @@ async fn pipeline_run(
         notifier: Arc::new(StdoutNotifier::with_writer(std::io::sink())),
         summarizer: Arc::new(TemplateSummarizer),
         metrics: metrics.clone(),
-        rules: rules.clone(),
+        rules: Arc::new(faultline::reload::LiveRules::new((*rules).clone())),
         summary_deadline: Duration::from_secs(5),
     };
     let started = Instant::now();
-    let engine = tokio::spawn(pipeline::run_engine_tapped(
-        rx,
-        rules,
-        EngineOptions::default(),
-        Clock::EventTime,
-        ctx,
-        metrics,
-        Arc::new(CatchUp::idle()),
-        tap,
-    ));
+    let engine = tokio::spawn(
+        pipeline::EngineLoop::new(rules, EngineOptions::default(), Clock::EventTime, metrics)
+            .tap(tap)
+            .run(rx, ctx),
+    );
     let sinks = tokio::spawn(pipeline::run_outputs(crx, outputs));
     for e in events {
         if tx.send(e).await.is_err() {

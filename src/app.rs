@@ -19,7 +19,8 @@ use crate::event::Event;
 use crate::ingest::nats::NatsSource;
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, SlackNotifier, StdoutNotifier};
-use crate::pipeline::{self, CatchUp, Clock, Outputs};
+use crate::pipeline::{self, CatchUp, Clock, EngineHandle, EngineLoop, Outputs};
+use crate::reload::{LiveRules, Reloader};
 use crate::rules::RuleSet;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::{MemoryLimits, MemoryStore, Store};
@@ -46,6 +47,11 @@ pub struct App {
     clickhouse: Option<Arc<ClickHouseStore>>,
     /// Where LLM and Slack calls are audited.
     audit: Arc<dyn crate::audit::Audit>,
+    /// Requests into the engine loop (reloads, live explanations).
+    control: mpsc::Receiver<pipeline::Control>,
+    engine: EngineHandle,
+    /// Watches the rules folder, when the rules came from one.
+    reloader: Option<(Arc<Reloader>, Duration)>,
 }
 
 impl App {
@@ -120,8 +126,11 @@ impl App {
             None => Arc::new(StdoutNotifier::new()),
         };
         let (events_tx, events_rx) = mpsc::channel(settings.engine.event_channel_capacity.max(1));
+        let (engine, control) = EngineHandle::channel();
+        let rules = Arc::new(LiveRules::new(rules));
         let state = AppState::new(settings, store.clone(), events_tx, metrics.clone())
-            .with_notifier(notifier.clone());
+            .with_notifier(notifier.clone())
+            .with_engine(engine.clone(), rules.clone());
         let listener = tokio::net::TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -135,6 +144,7 @@ impl App {
             // Windows are rebuilt from the stream over the longest rule window
             // plus the longest baseline warm-up, capped by what the stream keeps.
             let span_ms = rules
+                .get()
                 .rules
                 .iter()
                 .map(|r| r.rule.window.ms() + r.rule.baseline.warmup.ms())
@@ -163,7 +173,7 @@ impl App {
                 notifier,
                 summarizer,
                 metrics,
-                rules: Arc::new(rules),
+                rules,
                 summary_deadline: settings.llm.deadline.0,
             },
             engine_opts,
@@ -173,7 +183,26 @@ impl App {
             catch_up,
             clickhouse,
             audit,
+            control,
+            engine,
+            reloader: None,
         })
+    }
+
+    /// Reloads the rules from `dir` (where they were loaded from) on SIGHUP,
+    /// on `POST /rules/reload`, and when its files change (checked every
+    /// `interval`; zero: no polling).
+    pub fn watch_rules(mut self, dir: std::path::PathBuf, interval: Duration) -> App {
+        let reloader = Arc::new(Reloader::new(
+            dir,
+            self.outputs.rules.clone(),
+            self.engine.clone(),
+            self.outputs.notifier.clone(),
+            self.outputs.metrics.clone(),
+        ));
+        self.state = self.state.with_reloader(reloader.clone());
+        self.reloader = Some((reloader, interval));
+        self
     }
 
     /// Where LLM and Slack audit records go: the ClickHouse audit tables when
@@ -228,19 +257,23 @@ impl App {
             nats,
             catch_up,
             clickhouse,
+            control,
+            reloader,
             ..
         } = self;
         let (changes_tx, changes_rx) = mpsc::channel(transition_capacity);
-        let engine = tokio::spawn(pipeline::run_engine_tapped(
-            events_rx,
-            outputs.rules.clone(),
-            engine_opts,
-            clock,
-            changes_tx,
-            outputs.metrics.clone(),
-            catch_up.clone(),
-            clickhouse.as_ref().map(|ch| ch.tap()),
-        ));
+        let engine = tokio::spawn(
+            EngineLoop::new(
+                outputs.rules.get(),
+                engine_opts,
+                clock,
+                outputs.metrics.clone(),
+            )
+            .catch_up(catch_up.clone())
+            .tap(clickhouse.as_ref().map(|ch| ch.tap()))
+            .control(control)
+            .run(events_rx, changes_tx),
+        );
         let notifier = outputs.notifier.clone();
         let sinks = tokio::spawn(pipeline::run_outputs_with(
             changes_rx,
@@ -249,6 +282,9 @@ impl App {
         ));
         // One stop signal for every source: HTTP and NATS stop intake together.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some((reloader, interval)) = reloader {
+            tokio::spawn(reloader.watch(interval, stop_rx.clone()));
+        }
         let source = nats.map(|n| tokio::spawn(n.run(state.ingest.clone(), stop_rx, catch_up)));
         let shutdown = async move {
             shutdown.await;

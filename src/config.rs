@@ -71,6 +71,10 @@ pub struct Settings {
     /// Rules folder (`FAULTLINE_RULES_DIR`); unset: `rules/` in the working
     /// directory when present, else the rules built into the binary.
     pub rules_dir: Option<PathBuf>,
+    /// How often the rules folder is checked for changes (reloaded when its
+    /// content changed); `0s` turns polling off (SIGHUP and `POST /rules/reload`
+    /// still reload).
+    pub rules_reload_interval: Dur,
     /// Log filter in `tracing` syntax, e.g. `info,faultline=debug` (`FAULTLINE_LOG`).
     pub log: String,
     /// NATS JetStream ingest.
@@ -94,6 +98,7 @@ impl Default for Settings {
         Settings {
             listen: "127.0.0.1:8080".into(),
             rules_dir: None,
+            rules_reload_interval: Dur(Duration::from_secs(5)),
             log: "info".into(),
             nats: NatsSettings::default(),
             clickhouse: ClickHouseSettings::default(),

@@ -17,13 +17,14 @@
 
 use std::collections::BTreeMap;
 
+use crate::detect::season::Season;
 use crate::detect::{directed_llr, Criteria, Decay, Direction, Ewma};
 use crate::event::Event;
 use crate::incident::{Change, Finding, IncidentManager, RootCause};
 use crate::ingest::dedupe::Dedupe;
 use crate::localize::{localize, Element, Leaf};
 use crate::rules::{CompiledRule, Detector, RuleSet};
-use crate::window::{Cells, Interner, Key, MAX_DIMS};
+use crate::window::{Bucket, Cell, Cells, Interner, Key, MAX_DIMS};
 
 /// Engine settings that are not per rule.
 #[derive(Debug, Clone)]
@@ -77,35 +78,23 @@ struct RuleState {
     warmup_steps: i64,
     criteria: Criteria,
     incidents: IncidentManager,
+    /// Seasonal settings, when `baseline.seasonality` is on.
+    season: Option<Season>,
 }
 
 impl RuleState {
     fn new(rule: CompiledRule, lateness_ms: i64) -> RuleState {
         let step_ms = rule.step_ms();
         let lookahead = (lateness_ms / step_ms) as usize + 2;
-        let t = &rule.rule.thresholds;
-        let criteria = match rule.rule.detector {
-            Detector::Rate => Criteria {
-                direction: Direction::Up,
-                min_volume: t.min_events,
-                min_real: t.min_failures,
-                ratio: t.min_lift,
-                min_rate_delta: t.min_rate_increase,
-                alpha: t.false_alarm_rate,
-            },
-            Detector::VolumeDrop => Criteria {
-                direction: Direction::Down,
-                min_volume: t.min_events,
-                min_real: 0.0,
-                ratio: t.max_volume_ratio,
-                min_rate_delta: 0.0,
-                alpha: t.false_alarm_rate,
-            },
-        };
+        let criteria = criteria_of(&rule);
         RuleState {
             cells: Cells::new(rule.window_steps(), lookahead),
             decay: Decay::new(rule.rule.baseline.horizon.ms() as f64 / step_ms as f64),
             warmup_steps: rule.rule.baseline.warmup.ms() / step_ms,
+            season: Season::from_baseline(
+                &rule.rule.baseline,
+                rule.rule.detector == Detector::VolumeDrop,
+            ),
             step_ms,
             overall: Ewma::default(),
             first_step: None,
@@ -119,6 +108,58 @@ impl RuleState {
     fn volume_rule(&self) -> bool {
         self.rule.rule.detector == Detector::VolumeDrop
     }
+}
+
+/// The detection criteria a rule's thresholds set.
+fn criteria_of(rule: &CompiledRule) -> Criteria {
+    let t = &rule.rule.thresholds;
+    match rule.rule.detector {
+        Detector::Rate => Criteria {
+            direction: Direction::Up,
+            min_volume: t.min_events,
+            min_real: t.min_failures,
+            ratio: t.min_lift,
+            min_rate_delta: t.min_rate_increase,
+            alpha: t.false_alarm_rate,
+        },
+        Detector::VolumeDrop => Criteria {
+            direction: Direction::Down,
+            min_volume: t.min_events,
+            min_real: 0.0,
+            ratio: t.max_volume_ratio,
+            min_rate_delta: 0.0,
+            alpha: t.false_alarm_rate,
+        },
+    }
+}
+
+/// What [`Engine::reload`] did, rule names per outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ReloadSummary {
+    /// Unchanged.
+    pub kept: Vec<String>,
+    /// Tuning changed; windows, baselines and open incidents kept.
+    pub retuned: Vec<String>,
+    /// What the rule counts changed; started fresh.
+    pub restarted: Vec<String>,
+    /// New rules.
+    pub added: Vec<String>,
+    /// Rules no longer present; their incidents resolved.
+    pub removed: Vec<String>,
+}
+
+/// Whether two definitions of a rule count the same thing the same way, so its
+/// windows and baselines remain valid under the new one.
+fn same_counting(a: &CompiledRule, b: &CompiledRule) -> bool {
+    let (x, y) = (&a.rule, &b.rule);
+    x.kind == y.kind
+        && x.detector == y.detector
+        && x.failures == y.failures
+        && x.filter == y.filter
+        && x.dimensions == y.dimensions
+        && x.window == y.window
+        && x.step == y.step
+        && x.baseline == y.baseline
 }
 
 /// One cell's counts at one evaluation step, recorded when
@@ -144,7 +185,8 @@ pub struct CellStep {
     /// Failures expected from attempts x baseline rate (rate rules), or events
     /// expected from the learned volume (volume rules).
     pub expected: f64,
-    /// The cell's baseline rate (rate rules) or expected events per step (volume rules).
+    /// The cell's baseline rate (rate rules) or expected events per step (volume
+    /// rules), seasonal when the rule has `baseline.seasonality`.
     pub baseline: f64,
 }
 
@@ -295,6 +337,84 @@ impl Engine {
         }
     }
 
+    /// Swaps in a new rule set without losing what the engine learned.
+    ///
+    /// Per rule, by name:
+    /// - unchanged: kept as is;
+    /// - only tuning changed (thresholds, hysteresis, severity, routing, links,
+    ///   description): the new definition takes over at the next step with the
+    ///   windows, baselines and open incidents kept, so nothing is re-learned and
+    ///   nothing is opened twice;
+    /// - what it counts changed (kind, detector, failures, filter, dimensions,
+    ///   window, step, baseline): it starts fresh, its open incidents resolved as
+    ///   "rule changed";
+    /// - removed: its open incidents resolved as "rule removed";
+    /// - added: starts fresh (it warms up from its first event).
+    ///
+    /// Resolutions go to `out`, stamped at the watermark.
+    pub fn reload(&mut self, rules: &RuleSet, out: &mut Vec<Change>) -> ReloadSummary {
+        let end_ms = self.watermark().max(0);
+        let mut old: Vec<Option<RuleState>> = std::mem::take(&mut self.rules)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut summary = ReloadSummary::default();
+        for new in &rules.rules {
+            let name = &new.rule.name;
+            let prev = old
+                .iter_mut()
+                .find(|o| o.as_ref().is_some_and(|o| o.rule.rule.name == *name))
+                .and_then(Option::take);
+            let state = match prev {
+                Some(rs) if rs.rule == *new => {
+                    summary.kept.push(name.clone());
+                    rs
+                }
+                Some(mut rs) if same_counting(&rs.rule, new) => {
+                    rs.criteria = criteria_of(new);
+                    rs.rule = new.clone();
+                    summary.retuned.push(name.clone());
+                    rs
+                }
+                Some(mut rs) => {
+                    out.extend(rs.incidents.close_all(
+                        end_ms,
+                        "rule changed: what it counts changed, so it restarted from scratch",
+                    ));
+                    summary.restarted.push(name.clone());
+                    RuleState::new(new.clone(), self.lateness_ms)
+                }
+                None => {
+                    summary.added.push(name.clone());
+                    RuleState::new(new.clone(), self.lateness_ms)
+                }
+            };
+            self.rules.push(state);
+        }
+        for mut rs in old.into_iter().flatten() {
+            out.extend(rs.incidents.close_all(end_ms, "rule removed"));
+            summary.removed.push(rs.rule.rule.name.clone());
+        }
+        self.next_due_ms = self
+            .rules
+            .iter()
+            .filter_map(|rs| rs.next_step.map(|s| (s + 1) * rs.step_ms))
+            .min()
+            .unwrap_or(i64::MAX);
+        summary
+    }
+
+    /// Whether the engine runs a rule named `rule`.
+    pub fn has_rule(&self, rule: &str) -> bool {
+        self.rules.iter().any(|r| r.rule.rule.name == rule)
+    }
+
+    /// End (epoch ms) of the last step `rule` evaluated, if any.
+    pub fn last_step_end(&self, rule: &str) -> Option<i64> {
+        let rs = self.rules.iter().find(|r| r.rule.rule.name == rule)?;
+        rs.next_step.map(|s| s * rs.step_ms)
+    }
+
     fn evaluate_due(&mut self, watermark: i64, out: &mut Vec<Change>) {
         let mut next_due = i64::MAX;
         for rs in &mut self.rules {
@@ -334,14 +454,15 @@ fn record_steps(rs: &RuleState, s: i64, interner: &Interner, out: &mut Vec<CellS
         if b.n == 0 && !volume_rule {
             continue;
         }
+        // With seasonality, the level the step's slot expects.
         let (expected, baseline) = if volume_rule {
-            let v = cell.base.mean_volume();
+            let v = season_level(rs, cell, s, cell.base.mean_volume());
             if b.n == 0 && v <= 0.0 {
                 continue;
             }
             (v, v)
         } else {
-            let p = cell.base.rate(prior_rate, prior_events);
+            let p = season_level(rs, cell, s, cell.base.rate(prior_rate, prior_events));
             (f64::from(b.n) * p, p)
         };
         out.push(CellStep {
@@ -362,6 +483,53 @@ fn record_steps(rs: &RuleState, s: i64, interner: &Interner, out: &mut Vec<CellS
             baseline,
         });
     }
+}
+
+/// The level (rate, or events per step) one cell expects at step `s` given its
+/// plain baseline `level`: `level` itself when the rule has no seasonality or
+/// the cell's profile does not trust the step's slot yet.
+fn season_level(rs: &RuleState, cell: &Cell, s: i64, level: f64) -> f64 {
+    match (&rs.season, &cell.season) {
+        (Some(se), Some(p)) => p.expect(se, se.visit(s, rs.step_ms), level),
+        _ => level,
+    }
+}
+
+/// Seasonal learning for one cell at step `s`, before its plain baseline
+/// learns: closes the previous slot visit when `s` starts a new one, adds the
+/// step to the visit (every step while the slot is untrusted, else only when
+/// the cell is not anomalous) and returns the factor the step was judged with,
+/// by which the plain baseline deseasonalizes what it learns.
+#[allow(clippy::too_many_arguments)]
+fn learn_season(
+    se: &Season,
+    cell: &mut Cell,
+    s: i64,
+    step_ms: i64,
+    anomalous: bool,
+    volume_rule: bool,
+    prior: (f64, f64),
+    mature_weight: f64,
+) -> f64 {
+    let visit = se.visit(s, step_ms);
+    let b = cell.bucket(s);
+    let level = if volume_rule {
+        cell.base.mean_volume()
+    } else {
+        cell.base.rate(prior.0, prior.1)
+    };
+    // A volume visit needs a baseline to shrink toward; a rate one has the prior.
+    let usable = !volume_rule || cell.base.weight >= mature_weight;
+    let profile = cell.season.get_or_insert_with(|| se.new_profile());
+    profile.roll(se, visit, if usable { level } else { 0.0 });
+    if !anomalous || !profile.trusted(se, visit) {
+        if volume_rule {
+            profile.learn(f64::from(b.n), 1.0);
+        } else {
+            profile.learn(f64::from(b.f), f64::from(b.n));
+        }
+    }
+    profile.factor(se, visit, level)
 }
 
 fn dims_map(rs: &RuleState, el: &Element, interner: &Interner) -> BTreeMap<String, String> {
@@ -409,6 +577,85 @@ fn round4(x: f64) -> f64 {
     (x * 10000.0).round() / 10000.0
 }
 
+/// What a cell's leaf at one step depends on beyond the cell itself.
+struct LeafShape {
+    volume_rule: bool,
+    /// Evaluation step and window length, in steps.
+    s: i64,
+    nb: usize,
+    step_ms: i64,
+    prior_rate: f64,
+    prior_events: f64,
+    season: Option<Season>,
+}
+
+impl LeafShape {
+    fn of(rs: &RuleState, s: i64) -> LeafShape {
+        LeafShape {
+            volume_rule: rs.volume_rule(),
+            s,
+            nb: rs.cells.window_steps,
+            step_ms: rs.step_ms,
+            prior_rate: rs.overall.rate(0.0, 0.0),
+            prior_events: rs.rule.rule.baseline.prior_events,
+            season: rs.season,
+        }
+    }
+}
+
+/// A cell's localizer leaf for the window `w` ending at the step: observed
+/// against expected failures (rate rules, cells with events) or events (volume
+/// rules, cells with a mature volume baseline). The one definition `evaluate`
+/// and `explain` share.
+fn leaf(sh: &LeafShape, key: &Key, cell: &Cell, w: Bucket) -> Option<Leaf> {
+    let (s, nb) = (sh.s, sh.nb);
+    if sh.volume_rule {
+        let expected = cell.base.mean_volume() * nb as f64;
+        let mature = cell.base.weight >= (nb as f64).max(4.0);
+        if !mature || expected <= 0.0 {
+            return None;
+        }
+        // With seasonality, each step of the window expects its slot's share.
+        let expected = match &sh.season {
+            Some(se) => se.expected(
+                cell.season.as_deref(),
+                cell.base.mean_volume(),
+                (s, nb, sh.step_ms),
+                nb as f64,
+                |_| 1.0,
+            ),
+            None => expected,
+        };
+        Some(Leaf {
+            key: *key,
+            real: w.n as f64,
+            predict: expected,
+            volume: expected,
+        })
+    } else if w.n > 0 {
+        let p = cell.base.rate(sh.prior_rate, sh.prior_events);
+        // With seasonality, each step's attempts at its slot's rate.
+        let predict = match &sh.season {
+            Some(se) => se.expected(
+                cell.season.as_deref(),
+                p,
+                (s, nb, sh.step_ms),
+                w.n as f64,
+                |t| f64::from(cell.bucket(t).n),
+            ),
+            None => w.n as f64 * p,
+        };
+        Some(Leaf {
+            key: *key,
+            real: w.f as f64,
+            predict,
+            volume: w.n as f64,
+        })
+    } else {
+        None
+    }
+}
+
 /// One evaluation of one rule at step `s` (the window ends with step `s`).
 fn evaluate(
     rs: &mut RuleState,
@@ -429,6 +676,7 @@ fn evaluate(
     let mut leaves: Vec<Leaf> = Vec::with_capacity(rs.cells.len());
     let horizon_steps = (rs.rule.rule.baseline.horizon.ms() / rs.step_ms).max(1);
     let mut evicted = 0u64;
+    let shape = LeafShape::of(rs, s);
     rs.cells.retain(|key, cell| {
         let w = cell.window_at(s, nb);
         let idle = s - cell.head();
@@ -439,30 +687,11 @@ fn evaluate(
                 evicted += 1;
                 return false;
             }
-            let mature = cell.base.weight >= (nb as f64).max(4.0);
-            if mature && expected > 0.0 {
-                leaves.push(Leaf {
-                    key: *key,
-                    real: w.n as f64,
-                    predict: expected,
-                    volume: expected,
-                });
-            }
-        } else {
-            if w.n == 0 && idle > nb as i64 + 1 {
-                evicted += 1;
-                return false;
-            }
-            if w.n > 0 {
-                let p = cell.base.rate(prior_rate, prior_events);
-                leaves.push(Leaf {
-                    key: *key,
-                    real: w.f as f64,
-                    predict: w.n as f64 * p,
-                    volume: w.n as f64,
-                });
-            }
+        } else if w.n == 0 && idle > nb as i64 + 1 {
+            evicted += 1;
+            return false;
         }
+        leaves.extend(leaf(&shape, key, cell, w));
         true
     });
     stats.evicted += evicted;
@@ -539,14 +768,41 @@ fn evaluate(
         .collect();
     let decay = rs.decay.clone();
     let (mut tot_n, mut tot_f) = (0.0, 0.0);
+    let season = rs.season.as_ref();
+    let mature_weight = (nb as f64).max(4.0);
     rs.cells.retain(|key, cell| {
-        if anomalous.iter().any(|el| el.contains(key)) {
+        let in_anomaly = anomalous.iter().any(|el| el.contains(key));
+        // Seasonal rules learn the slot first, then the plain baseline learns
+        // deseasonalized counts (g = 1 without seasonality: unchanged).
+        let g = match season {
+            Some(se) => learn_season(
+                se,
+                cell,
+                s,
+                rs.step_ms,
+                in_anomaly,
+                volume_rule,
+                (prior_rate, prior_events),
+                mature_weight,
+            ),
+            None => 1.0,
+        };
+        if in_anomaly {
             cell.base.skip(s, &decay);
         } else {
             let b = cell.bucket(s);
-            cell.base.update(s, b.n as f64, b.f as f64, &decay);
+            if volume_rule {
+                cell.base
+                    .update_weighted(s, b.n as f64, b.f as f64, g, &decay);
+            } else {
+                cell.base.update(s, b.n as f64, b.f as f64 / g, &decay);
+            }
             tot_n += b.n as f64;
-            tot_f += b.f as f64;
+            tot_f += if volume_rule {
+                b.f as f64
+            } else {
+                b.f as f64 / g
+            };
         }
         true
     });
@@ -554,7 +810,7 @@ fn evaluate(
 }
 
 /// One condition of a rule, as [`Engine::explain`] reports it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Condition {
     /// `volume_floor`, `min_failures`, `lift`, `rate_increase`, `volume_ratio` or `significance`.
     pub name: &'static str,
@@ -570,7 +826,7 @@ pub struct Condition {
 ///
 /// Numbers are the element's totals over the window ending with the step, with
 /// the baselines as they stood before the step taught them.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     /// The rule.
     pub rule: String,
@@ -643,31 +899,13 @@ impl Engine {
         }
         let s = at_ms.div_euclid(rs.step_ms);
         let nb = rs.cells.window_steps;
-        let prior_rate = rs.overall.rate(0.0, 0.0);
-        let prior_events = rs.rule.rule.baseline.prior_events;
         // The leaves exactly as `evaluate` builds them.
-        let mut leaves = Vec::new();
-        for (key, cell) in rs.cells.iter() {
-            let w = cell.window(s, nb);
-            if rs.volume_rule() {
-                let expected = cell.base.mean_volume() * nb as f64;
-                if cell.base.weight >= (nb as f64).max(4.0) && expected > 0.0 {
-                    leaves.push(Leaf {
-                        key: *key,
-                        real: w.n as f64,
-                        predict: expected,
-                        volume: expected,
-                    });
-                }
-            } else if w.n > 0 {
-                leaves.push(Leaf {
-                    key: *key,
-                    real: w.f as f64,
-                    predict: w.n as f64 * cell.base.rate(prior_rate, prior_events),
-                    volume: w.n as f64,
-                });
-            }
-        }
+        let shape = LeafShape::of(rs, s);
+        let leaves: Vec<Leaf> = rs
+            .cells
+            .iter()
+            .filter_map(|(key, cell)| leaf(&shape, key, cell, cell.window(s, nb)))
+            .collect();
         let c = rs.criteria;
         let loc = localize(rs.rule.dims.len(), &leaves, &c, &rs.rule.localize_limits());
         let (mut real, mut predict, mut volume) = (0.0, 0.0, 0.0);
@@ -767,6 +1005,7 @@ mod tests {
     use super::*;
     use crate::event::Outcome;
     use crate::incident::{Status, Transition};
+    use crate::rules::Rule;
     use rand::{Rng, SeedableRng};
 
     fn ev(id: u64, ts_ms: i64, provider: &str, region: &str, bin: &str, failed: bool) -> Event {
@@ -843,6 +1082,179 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The shipped rules with the auth rule edited by `edit`.
+    fn auth_edited(edit: impl Fn(&mut Rule)) -> RuleSet {
+        let mut rules = RuleSet::embedded();
+        let auth = rules
+            .rules
+            .iter_mut()
+            .find(|r| r.rule.name == "auth_technical_failures")
+            .expect("the shipped auth rule");
+        edit(&mut auth.rule);
+        rules
+    }
+
+    /// Like [`run`] with a p2/r1 outage from minute 40 to 50, reloading to
+    /// `new_rules` at minute 45 (the incident open). Returns the changes before,
+    /// at and after the reload.
+    fn run_reloading(
+        new_rules: &RuleSet,
+    ) -> (Vec<Change>, ReloadSummary, Vec<Change>, Vec<Change>) {
+        let mut engine = Engine::new(&RuleSet::embedded(), &EngineOptions::default());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let (mut before, mut at, mut after) = (Vec::new(), Vec::new(), Vec::new());
+        let mut summary = None;
+        for (id, ms) in (0..70 * 60_000).step_by(25).enumerate() {
+            if ms == 45 * 60_000 {
+                summary = Some(engine.reload(new_rules, &mut at));
+            }
+            let (p, r, b) = (
+                rng.gen_range(0..4),
+                rng.gen_range(0..3),
+                rng.gen_range(0..20),
+            );
+            let outage = (40 * 60_000..50 * 60_000).contains(&ms) && p == 2 && r == 1;
+            let rate = if outage { 0.7 } else { 0.01 };
+            let e = ev(
+                id as u64,
+                ms,
+                &format!("p{p}"),
+                &format!("r{r}"),
+                &format!("4000{b:02}"),
+                rng.gen_bool(rate),
+            );
+            let out = if summary.is_some() {
+                &mut after
+            } else {
+                &mut before
+            };
+            let _ = engine.ingest(&e, out);
+        }
+        engine.finish(&mut after);
+        (before, summary.expect("reloaded"), at, after)
+    }
+
+    fn auth_opened(changes: &[Change]) -> Vec<&crate::incident::Incident> {
+        opened(changes)
+            .into_iter()
+            .filter(|i| i.rule == "auth_technical_failures")
+            .collect()
+    }
+
+    #[test]
+    fn reloading_a_new_threshold_keeps_windows_baselines_and_the_open_incident() {
+        let rules = auth_edited(|r| r.thresholds.min_lift = 3.0);
+        let (before, summary, at, after) = run_reloading(&rules);
+        assert_eq!(summary.retuned, vec!["auth_technical_failures"]);
+        assert!(summary.restarted.is_empty() && summary.removed.is_empty());
+        assert_eq!(auth_opened(&before).len(), 1, "open before the reload");
+        assert!(
+            at.is_empty(),
+            "nothing resolved by a threshold change: {at:#?}"
+        );
+        assert!(
+            auth_opened(&after).is_empty(),
+            "the open incident must not be opened again: {:#?}",
+            auth_opened(&after)
+        );
+        let id = &auth_opened(&before)[0].id;
+        let resolved = after
+            .iter()
+            .any(|c| matches!(&c.transition, Transition::Resolved(i) if &i.id == id));
+        assert!(resolved, "the same incident resolves when the outage ends");
+    }
+
+    #[test]
+    fn a_retuned_threshold_takes_effect_at_the_next_step() {
+        // A lift no outage reaches: the open incident stops being anomalous and
+        // resolves while the outage still runs (it ends at minute 50).
+        let rules = auth_edited(|r| r.thresholds.min_lift = 1000.0);
+        let (before, _, _, after) = run_reloading(&rules);
+        let id = &auth_opened(&before)[0].id;
+        let resolved_at = after.iter().find_map(|c| match &c.transition {
+            Transition::Resolved(i) if &i.id == id => i.resolved_at,
+            _ => None,
+        });
+        let at = resolved_at.expect("resolved").timestamp_millis();
+        assert!(at < 50 * 60_000, "resolved at {at} ms, after the outage");
+    }
+
+    #[test]
+    fn reloading_unchanged_rules_changes_nothing() {
+        let (_, summary, at, after) = run_reloading(&RuleSet::embedded());
+        assert_eq!(summary.kept.len(), RuleSet::embedded().rules.len());
+        assert!(at.is_empty() && auth_opened(&after).is_empty());
+    }
+
+    #[test]
+    fn a_rule_counting_differently_restarts_and_a_removed_rule_resolves() {
+        let wider =
+            auth_edited(|r| r.window = crate::rules::Dur(std::time::Duration::from_secs(180)));
+        let (_, summary, at, after) = run_reloading(&wider);
+        assert_eq!(summary.restarted, vec!["auth_technical_failures"]);
+        let why: Vec<_> = at
+            .iter()
+            .flat_map(|c| &c.timeline)
+            .map(|t| t.detail.as_str())
+            .collect();
+        assert_eq!(at.len(), 1, "{at:#?}");
+        assert!(why[0].starts_with("rule changed"), "{why:?}");
+        // Fresh: it has no baseline, so it warms up again and stays quiet.
+        assert!(auth_opened(&after).is_empty());
+
+        let mut without = RuleSet::embedded();
+        without
+            .rules
+            .retain(|r| r.rule.name != "auth_technical_failures");
+        let (_, summary, at, _) = run_reloading(&without);
+        assert_eq!(summary.removed, vec!["auth_technical_failures"]);
+        assert_eq!(at.len(), 1);
+        assert!(
+            matches!(&at[0].transition, Transition::Resolved(i) if i.status == Status::Resolved)
+        );
+        assert_eq!(at[0].timeline[0].detail, "rule removed");
+    }
+
+    fn notified_updates(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .filter(|c| c.notify && matches!(c.transition, Transition::Updated(_)))
+            .flat_map(|c| c.timeline.iter().map(|t| t.detail.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_worsening_outage_is_news_and_a_steady_one_is_not() {
+        let steady = run(70, |t, p, r, _| {
+            ((40 * 60_000..50 * 60_000).contains(&t) && p == 2 && r == 1).then_some(0.5)
+        });
+        assert_eq!(opened(&steady).len(), 1);
+        let news = notified_updates(&steady);
+        assert!(
+            news.iter().all(|n| !n.contains("failure rate")),
+            "a steady outage is not worsening: {news:?}"
+        );
+        let worse = run(70, |t, p, r, _| {
+            let on = p == 2 && r == 1;
+            if on && (40 * 60_000..44 * 60_000).contains(&t) {
+                Some(0.2)
+            } else if on && (44 * 60_000..50 * 60_000).contains(&t) {
+                Some(0.9)
+            } else {
+                None
+            }
+        });
+        assert_eq!(opened(&worse).len(), 1, "still one incident");
+        let news = notified_updates(&worse);
+        assert_eq!(
+            news.iter()
+                .filter(|n| n.contains("failure rate up"))
+                .count(),
+            1,
+            "told once that it got worse: {news:?}"
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub struct ExplainArgs {
 }
 
 /// An incident open after the step, overlapping the element.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OpenIncident {
     /// Its id.
     pub id: String,
@@ -52,7 +52,7 @@ pub struct OpenIncident {
 }
 
 /// What `faultline explain` prints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
     /// The numbers and conditions at the step.
     #[serde(flatten)]
@@ -83,6 +83,27 @@ fn overlaps(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> bool 
         x.iter().all(|(k, v)| y.get(k) == Some(v))
     };
     sub(a, b) || sub(b, a)
+}
+
+/// Incidents of `rule` open in `engine` whose root cause overlaps `dims`
+/// (same element, an ancestor or a descendant).
+pub fn open_overlapping(
+    engine: &Engine,
+    rule: &str,
+    dims: &BTreeMap<String, String>,
+) -> Vec<OpenIncident> {
+    engine
+        .open_incidents()
+        .filter(|i| i.rule == rule)
+        .filter_map(|i| {
+            let d = &i.root_causes.first()?.dims;
+            overlaps(d, dims).then(|| OpenIncident {
+                id: i.id.clone(),
+                dims: d.clone(),
+                opened_at: i.opened_at,
+            })
+        })
+        .collect()
 }
 
 /// Replays `reader` and explains `dims` of `rule` at `at_ms`.
@@ -120,18 +141,7 @@ pub fn explain(
         .explain(rule, dims, at_ms)
         .map_err(anyhow::Error::msg)?;
     engine.advance_to(step_end, &mut changes);
-    let open_incidents = engine
-        .open_incidents()
-        .filter(|i| i.rule == rule)
-        .filter_map(|i| {
-            let d = &i.root_causes.first()?.dims;
-            overlaps(d, dims).then(|| OpenIncident {
-                id: i.id.clone(),
-                dims: d.clone(),
-                opened_at: i.opened_at,
-            })
-        })
-        .collect();
+    let open_incidents = open_overlapping(&engine, rule, dims);
     Ok(Report {
         explanation,
         open_incidents,

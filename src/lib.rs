@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod redact;
+pub mod reload;
 pub mod rules;
 pub mod ruletest;
 pub mod store;

@@ -102,13 +102,17 @@ enum RulesCommand {
     },
 }
 
-/// `--rules` if given, else `rules/` in the working directory, else the built-in rules.
-fn load_rules(dir: Option<PathBuf>) -> Result<RuleSet, String> {
-    let dir = dir.or_else(|| {
+/// `--rules` if given, else `rules/` in the working directory; `None`: the built-in rules.
+fn rules_dir(dir: Option<PathBuf>) -> Option<PathBuf> {
+    dir.or_else(|| {
         let d = PathBuf::from("rules");
         d.is_dir().then_some(d)
-    });
-    match dir {
+    })
+}
+
+/// The rules of [`rules_dir`], else the built-in rules.
+fn load_rules(dir: Option<PathBuf>) -> Result<RuleSet, String> {
+    match rules_dir(dir) {
         Some(d) => RuleSet::load_dir(&d).map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
@@ -152,7 +156,8 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&settings.log);
-            let rules = match load_rules(rules.or_else(|| settings.rules_dir.clone())) {
+            let dir = rules_dir(rules.or_else(|| settings.rules_dir.clone()));
+            let rules = match load_rules(dir.clone()) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("faultline run: rules: {e}");
@@ -164,6 +169,11 @@ fn main() -> ExitCode {
                     .await
                 {
                     Ok(app) => {
+                        // Rules from a folder reload on SIGHUP, on change and on request.
+                        let app = match dir {
+                            Some(d) => app.watch_rules(d, settings.rules_reload_interval.0),
+                            None => app,
+                        };
                         tracing::info!(addr = %app.addr(), "listening");
                         match app.run_until(faultline::app::shutdown_signal()).await {
                             Ok(()) => ExitCode::SUCCESS,

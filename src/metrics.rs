@@ -42,6 +42,8 @@ pub struct Metrics {
     store_rows: Labeled,
     store_rows_dropped: Labeled,
     store_buffer_depth: AtomicU64,
+    rules_reloads: Labeled,
+    rules_loaded: AtomicU64,
 }
 
 /// A counter with one label, bounded to [`MAX_REASONS`] values (further values
@@ -266,6 +268,21 @@ impl Metrics {
         self.store_buffer_depth.store(n, Ordering::Relaxed);
     }
 
+    /// A rules reload ended with `result` (`ok` or `error`).
+    pub fn rules_reload(&self, result: &str) {
+        self.rules_reloads.add(result, 1);
+    }
+
+    /// Rules reloads so far, by result.
+    pub fn rules_reloads(&self) -> BTreeMap<String, u64> {
+        self.rules_reloads.snapshot()
+    }
+
+    /// Rules in force now.
+    pub fn set_rules_loaded(&self, n: u64) {
+        self.rules_loaded.store(n, Ordering::Relaxed);
+    }
+
     /// LLM requests so far, by outcome.
     pub fn llm_calls(&self) -> BTreeMap<String, u64> {
         self.llm_calls.snapshot()
@@ -468,6 +485,18 @@ impl Metrics {
             "faultline_store_buffer_rows",
             "Rows waiting in the store's write buffer.",
             get(&self.store_buffer_depth),
+        );
+        self.rules_reloads.render(
+            &mut out,
+            "faultline_rules_reloads_total",
+            "result",
+            "Rules reloads (SIGHUP, file change, API), by result: ok, or error (old rules kept).",
+        );
+        gauge(
+            &mut out,
+            "faultline_rules_loaded",
+            "Rules in force.",
+            get(&self.rules_loaded),
         );
         out
     }

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Engine, EngineOptions, EngineStats, Skip};
+use crate::engine::{Engine, EngineOptions, EngineStats, ReloadSummary, Skip};
 use crate::event::{self, Event};
 use crate::incident::{Change, Incident, SummarySource, TimelineEntry, Transition};
 use crate::metrics::Metrics;
@@ -186,8 +186,8 @@ pub struct Outputs {
     pub summarizer: Arc<dyn Summarizer>,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// The rules, for summaries.
-    pub rules: Arc<RuleSet>,
+    /// The rules in force, for summaries (swapped on reload).
+    pub rules: Arc<crate::reload::LiveRules>,
     /// How long an incident waits for its summary before it goes out with the
     /// template's; a summary arriving later is applied in place
     /// ([`Notifier::summary_updated`](crate::notify::Notifier::summary_updated)).
@@ -274,21 +274,9 @@ pub async fn run_engine(
     changes: mpsc::Sender<Change>,
     metrics: Arc<Metrics>,
 ) -> EngineStats {
-    let idle = Arc::new(CatchUp::idle());
-    run_engine_with(events, rules, opts, clock, changes, metrics, idle).await
-}
-
-/// [`run_engine`] with a [`CatchUp`] gate on the wall-clock timer.
-pub async fn run_engine_with(
-    events: mpsc::Receiver<Event>,
-    rules: Arc<RuleSet>,
-    opts: EngineOptions,
-    clock: Clock,
-    changes: mpsc::Sender<Change>,
-    metrics: Arc<Metrics>,
-    catch_up: Arc<CatchUp>,
-) -> EngineStats {
-    run_engine_tapped(events, rules, opts, clock, changes, metrics, catch_up, None).await
+    EngineLoop::new(rules, opts, clock, metrics)
+        .run(events, changes)
+        .await
 }
 
 /// What a store that keeps raw events and per-step aggregates (ClickHouse)
@@ -301,80 +289,231 @@ pub trait EngineTap: Send + Sync {
     fn cell_steps(&self, steps: &mut Vec<crate::engine::CellStep>);
 }
 
-/// [`run_engine_with`], telling `tap` of every counted event and every cell step.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_engine_tapped(
-    mut events: mpsc::Receiver<Event>,
+/// Requests to the engine loop from outside it (reloads, explanations),
+/// served between two batches of events.
+#[derive(Debug)]
+pub enum Control {
+    /// Swap in a validated rule set ([`Engine::reload`]).
+    Reload {
+        /// The new rules.
+        rules: Arc<RuleSet>,
+        /// What the engine did.
+        reply: oneshot::Sender<ReloadSummary>,
+    },
+    /// Explain an element at the last step its rule evaluated.
+    Explain {
+        /// The rule.
+        rule: String,
+        /// The element.
+        dims: BTreeMap<String, String>,
+        /// The report, or why there is none.
+        reply: oneshot::Sender<Result<crate::explain::Report, String>>,
+    },
+}
+
+/// A handle on a running engine loop.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Control>,
+}
+
+impl EngineHandle {
+    /// A handle and the receiver to give [`EngineLoop::control`].
+    pub fn channel() -> (EngineHandle, mpsc::Receiver<Control>) {
+        let (tx, rx) = mpsc::channel(8);
+        (EngineHandle { tx }, rx)
+    }
+
+    /// Swaps in `rules`; `None` when the engine has stopped.
+    pub async fn reload(&self, rules: Arc<RuleSet>) -> Option<ReloadSummary> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Control::Reload { rules, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Explains `dims` of `rule` at the last step it evaluated, from the live
+    /// windows and baselines.
+    pub async fn explain(
+        &self,
+        rule: String,
+        dims: BTreeMap<String, String>,
+    ) -> Result<crate::explain::Report, String> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || "the engine has stopped".to_string();
+        self.tx
+            .send(Control::Explain { rule, dims, reply })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// The live engine loop and what it is wired to.
+pub struct EngineLoop {
     rules: Arc<RuleSet>,
     opts: EngineOptions,
     clock: Clock,
-    changes: mpsc::Sender<Change>,
     metrics: Arc<Metrics>,
     catch_up: Arc<CatchUp>,
     tap: Option<Arc<dyn EngineTap>>,
-) -> EngineStats {
-    let mut engine = Engine::new(&rules, &opts);
-    engine.record_cell_steps(tap.is_some());
-    let mut steps = Vec::new();
-    let mut counted = Vec::new();
-    let lateness = opts.lateness_ms;
-    let mut buf = Vec::with_capacity(1024);
-    let mut out = Vec::new();
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            n = events.recv_many(&mut buf, 1024) => {
-                if n == 0 {
-                    break;
-                }
-                let now = chrono::Utc::now().timestamp_millis();
-                for ev in buf.drain(..) {
-                    // On the wall clock, one event stamped far in the future would
-                    // drag the watermark along and make every later event late.
-                    if clock == Clock::Wall && ev.ts_ms > now + MAX_FUTURE_MS {
-                        metrics.event_rejected("future_ts");
-                        continue;
-                    }
-                    match engine.ingest(&ev, &mut out) {
-                        Ok(()) => {
-                            metrics.event_accepted();
-                            if tap.is_some() {
-                                counted.push(ev);
-                            }
-                        }
-                        Err(Skip::Duplicate) => metrics.event_duplicate(),
-                        Err(Skip::Late) => metrics.event_late(),
-                    }
-                }
-            }
-            _ = tick.tick(), if clock == Clock::Wall => {
-                if !catch_up.is_replaying() {
-                    let now = chrono::Utc::now().timestamp_millis();
-                    engine.advance_to(now - lateness, &mut out);
-                }
-            }
-        }
-        metrics.set_active_cells(engine.active_cells() as u64);
-        if let Some(tap) = &tap {
-            if !counted.is_empty() {
-                tap.events(&counted, catch_up.is_replaying());
-                counted.clear();
-            }
-            engine.take_cell_steps(&mut steps);
-            if !steps.is_empty() {
-                tap.cell_steps(&mut steps);
-                steps.clear();
-            }
-        }
-        for c in out.drain(..) {
-            if changes.send(c).await.is_err() {
-                tracing::warn!("incident outputs closed; engine stopping");
-                return engine.stats().clone();
-            }
+    control: Option<mpsc::Receiver<Control>>,
+}
+
+impl EngineLoop {
+    /// A loop over `rules` with no replay gate, no tap and no control channel.
+    pub fn new(
+        rules: Arc<RuleSet>,
+        opts: EngineOptions,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> EngineLoop {
+        EngineLoop {
+            rules,
+            opts,
+            clock,
+            metrics,
+            catch_up: Arc::new(CatchUp::idle()),
+            tap: None,
+            control: None,
         }
     }
-    engine.stats().clone()
+
+    /// Gates the wall-clock timer on a replay of history ([`CatchUp`]).
+    pub fn catch_up(mut self, catch_up: Arc<CatchUp>) -> EngineLoop {
+        self.catch_up = catch_up;
+        self
+    }
+
+    /// Tells `tap` of every counted event and every cell step.
+    pub fn tap(mut self, tap: Option<Arc<dyn EngineTap>>) -> EngineLoop {
+        self.tap = tap;
+        self
+    }
+
+    /// Serves reloads and explanations from `control` ([`EngineHandle`]).
+    pub fn control(mut self, control: mpsc::Receiver<Control>) -> EngineLoop {
+        self.control = Some(control);
+        self
+    }
+
+    /// Runs until `events` closes, sending every change to `changes`.
+    /// Returns the engine's counters.
+    pub async fn run(
+        self,
+        mut events: mpsc::Receiver<Event>,
+        changes: mpsc::Sender<Change>,
+    ) -> EngineStats {
+        let EngineLoop {
+            rules,
+            opts,
+            clock,
+            metrics,
+            catch_up,
+            tap,
+            mut control,
+        } = self;
+        let mut engine = Engine::new(&rules, &opts);
+        engine.record_cell_steps(tap.is_some());
+        let mut steps = Vec::new();
+        let mut counted = Vec::new();
+        let lateness = opts.lateness_ms;
+        let mut buf = Vec::with_capacity(1024);
+        let mut out = Vec::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                n = events.recv_many(&mut buf, 1024) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let now = chrono::Utc::now().timestamp_millis();
+                    for ev in buf.drain(..) {
+                        // On the wall clock, one event stamped far in the future would
+                        // drag the watermark along and make every later event late.
+                        if clock == Clock::Wall && ev.ts_ms > now + MAX_FUTURE_MS {
+                            metrics.event_rejected("future_ts");
+                            continue;
+                        }
+                        match engine.ingest(&ev, &mut out) {
+                            Ok(()) => {
+                                metrics.event_accepted();
+                                if tap.is_some() {
+                                    counted.push(ev);
+                                }
+                            }
+                            Err(Skip::Duplicate) => metrics.event_duplicate(),
+                            Err(Skip::Late) => metrics.event_late(),
+                        }
+                    }
+                }
+                _ = tick.tick(), if clock == Clock::Wall => {
+                    if !catch_up.is_replaying() {
+                        let now = chrono::Utc::now().timestamp_millis();
+                        engine.advance_to(now - lateness, &mut out);
+                    }
+                }
+                Some(c) = recv_control(&mut control) => serve_control(&mut engine, c, &mut out),
+            }
+            metrics.set_active_cells(engine.active_cells() as u64);
+            if let Some(tap) = &tap {
+                if !counted.is_empty() {
+                    tap.events(&counted, catch_up.is_replaying());
+                    counted.clear();
+                }
+                engine.take_cell_steps(&mut steps);
+                if !steps.is_empty() {
+                    tap.cell_steps(&mut steps);
+                    steps.clear();
+                }
+            }
+            for c in out.drain(..) {
+                if changes.send(c).await.is_err() {
+                    tracing::warn!("incident outputs closed; engine stopping");
+                    return engine.stats().clone();
+                }
+            }
+        }
+        engine.stats().clone()
+    }
+}
+
+/// The next control request; pending forever without a channel or once it closed.
+async fn recv_control(control: &mut Option<mpsc::Receiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => match rx.recv().await {
+            Some(c) => Some(c),
+            None => {
+                *control = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn serve_control(engine: &mut Engine, c: Control, out: &mut Vec<Change>) {
+    match c {
+        Control::Reload { rules, reply } => {
+            let summary = engine.reload(&rules, out);
+            let _ = reply.send(summary);
+        }
+        Control::Explain { rule, dims, reply } => {
+            let report = match engine.last_step_end(&rule) {
+                Some(end) => engine.explain(&rule, &dims, end - 1).map(|explanation| {
+                    crate::explain::Report {
+                        explanation,
+                        open_incidents: crate::explain::open_overlapping(&*engine, &rule, &dims),
+                    }
+                }),
+                None if engine.has_rule(&rule) => Err(format!(
+                    "rule `{rule}` has not evaluated a step yet (no matching events so far)"
+                )),
+                None => Err(format!("no rule named `{rule}`")),
+            };
+            let _ = reply.send(report);
+        }
+    }
 }
 
 /// Summarizes, stores and notifies every change until the channel closes.
@@ -508,13 +647,19 @@ async fn handle_change(
     let mut incident = transition.incident().clone();
     let span = tracing::info_span!("incident", incident_id = %incident.id, rule = %incident.rule);
     let _enter = span.enter();
-    let prev = if notify && !quiet {
+    let rules = o.rules.get();
+    let rule = rules.get(&incident.rule);
+    // A rule removed by a reload resolves its incidents with no definition to
+    // summarize from, and news of an open incident (thread updates) is not
+    // summarized again: both keep the summary they were posted with.
+    let summarize = matches!(transition, Transition::Opened(_) | Transition::Resolved(_));
+    let prev = if notify && !quiet && rule.is_some() && summarize {
         None
     } else {
         o.store.get(&incident.id).await.ok().flatten()
     };
     if let (true, None) = (notify, &prev) {
-        if let Some(rule) = o.rules.get(&incident.rule) {
+        if let Some(rule) = rule {
             let facts = crate::summarize::Facts::new(&incident, &rule.rule);
             let summary = summarize_within(o, facts, late).await;
             if let Some(note) = &summary.note {
@@ -647,7 +792,7 @@ mod tests {
                 delay: Duration::from_millis(delay_ms),
             }),
             metrics: Arc::new(Metrics::new()),
-            rules: Arc::new(RuleSet::embedded()),
+            rules: Arc::new(crate::reload::LiveRules::new(RuleSet::embedded())),
             summary_deadline: Duration::from_millis(deadline_ms),
         };
         let (tx, rx) = mpsc::channel(4);

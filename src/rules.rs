@@ -159,6 +159,29 @@ impl Dur {
     }
 }
 
+impl std::fmt::Display for Dur {
+    /// The shortest form [`parse_duration`] reads back: `2m`, `1h30m`, `250ms`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ms = self.0.as_millis();
+        if ms == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+            ("ms", 1),
+        ] {
+            if ms >= size {
+                write!(f, "{}{unit}", ms / size)?;
+                ms %= size;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -213,7 +236,44 @@ pub struct Baseline {
     /// history of its own (shrinkage toward the rule's overall rate).
     #[serde(default = "default_prior_events")]
     pub prior_events: f64,
+    /// Seasonal profile: expect each time-of-day (`daily`) or time-of-week
+    /// (`weekly`) slot to differ from the learned baseline the way it did on its
+    /// last visits (see `rules/README.md`, "Seasonality"). `none` keeps the plain
+    /// baseline.
+    #[serde(default)]
+    pub seasonality: Seasonality,
+    /// Length of one seasonal slot (UTC-aligned); a whole number of steps that
+    /// divides the period. Ignored when `seasonality` is `none`.
+    #[serde(default = "default_season_slot")]
+    pub season_slot: Dur,
 }
+
+/// The period of a rule's seasonal baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Seasonality {
+    /// No seasonal profile: the plain baseline.
+    #[default]
+    None,
+    /// One profile per time of day (UTC).
+    Daily,
+    /// One profile per time of week (UTC).
+    Weekly,
+}
+
+impl Seasonality {
+    /// The period in milliseconds (`None` for `none`).
+    pub fn period_ms(self) -> Option<i64> {
+        match self {
+            Seasonality::None => None,
+            Seasonality::Daily => Some(86_400_000),
+            Seasonality::Weekly => Some(7 * 86_400_000),
+        }
+    }
+}
+
+/// Most seasonal slots per period (a week of 5-minute slots).
+pub const MAX_SEASON_SLOTS: i64 = 2016;
 
 fn default_horizon() -> Dur {
     Dur(Duration::from_secs(3600))
@@ -224,6 +284,9 @@ fn default_warmup() -> Dur {
 fn default_prior_events() -> f64 {
     200.0
 }
+fn default_season_slot() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
 
 impl Default for Baseline {
     fn default() -> Self {
@@ -231,6 +294,8 @@ impl Default for Baseline {
             horizon: default_horizon(),
             warmup: default_warmup(),
             prior_events: default_prior_events(),
+            seasonality: Seasonality::None,
+            season_slot: default_season_slot(),
         }
     }
 }
@@ -692,6 +757,25 @@ fn compile(rule: Rule, file: &str) -> Result<CompiledRule, Vec<(String, String)>
     if !(b.prior_events.is_finite() && b.prior_events >= 0.0) {
         err("baseline.prior_events", "must be >= 0".into());
     }
+    if let Some(period) = b.seasonality.period_ms() {
+        let slot = b.season_slot.ms();
+        if slot < step.max(1) || slot % step.max(1) != 0 {
+            err(
+                "baseline.season_slot",
+                "must be a whole number (>= 1) of steps".into(),
+            );
+        } else if period % slot != 0 {
+            err(
+                "baseline.season_slot",
+                "must divide the seasonal period (1d for daily, 7d for weekly)".into(),
+            );
+        } else if period / slot > MAX_SEASON_SLOTS {
+            err(
+                "baseline.season_slot",
+                format!("at most {MAX_SEASON_SLOTS} slots per period; use longer slots"),
+            );
+        }
+    }
     let t = &rule.thresholds;
     let nonneg = [
         ("thresholds.min_events", t.min_events),
@@ -816,6 +900,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn durations_print_as_they_parse() {
+        for text in ["2m", "15s", "1h30m", "250ms", "7d", "1d2h3m4s5ms", "0s"] {
+            let d = Dur(parse_duration(text).unwrap());
+            assert_eq!(d.to_string(), text);
+        }
+    }
+
+    #[test]
     fn shipped_rules_are_valid() {
         let set = RuleSet::embedded();
         assert_eq!(set.rules.len(), 4);
@@ -846,6 +938,50 @@ mod tests {
         let fields: Vec<_> = errs.iter().filter_map(|e| e.field.clone()).collect();
         assert!(fields.contains(&"dimensions[1]".to_string()), "{errs:?}");
         assert!(fields.contains(&"window".to_string()), "{errs:?}");
+    }
+
+    #[test]
+    fn seasonality_is_parsed_and_checked() {
+        let rule = |baseline: &str| {
+            format!("rules:\n  - name: r1\n    kind: auth\n    dimensions: [provider]\n    window: 5m\n    step: 30s\n    severity: critical\n    baseline: {baseline}\n")
+        };
+        let ok =
+            RuleSet::from_sources(&[("x.yaml".into(), rule("{seasonality: weekly}"))]).unwrap();
+        let b = &ok.rules[0].rule.baseline;
+        assert_eq!(b.seasonality, Seasonality::Weekly);
+        assert_eq!(b.season_slot.ms(), 3_600_000);
+        let default = RuleSet::from_sources(&[("x.yaml".into(), rule("{horizon: 1h}"))]).unwrap();
+        assert_eq!(
+            default.rules[0].rule.baseline.seasonality,
+            Seasonality::None
+        );
+        assert_ne!(
+            ok.rules[0], default.rules[0],
+            "a seasonality change is a rule change"
+        );
+
+        let errs =
+            RuleSet::from_sources(&[("x.yaml".into(), rule("{seasonality: hourly}"))]).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].file, "x.yaml");
+        assert_eq!(errs[0].rule.as_deref(), Some("r1"));
+        assert_eq!(errs[0].field.as_deref(), Some("baseline.seasonality"));
+        assert!(errs[0].message.contains("hourly"), "{}", errs[0]);
+
+        for bad in [
+            "{seasonality: daily, season_slot: 45s}",
+            "{seasonality: daily, season_slot: 7h}",
+            "{seasonality: weekly, season_slot: 1m}",
+        ] {
+            let errs = RuleSet::from_sources(&[("x.yaml".into(), rule(bad))]).unwrap_err();
+            assert_eq!(
+                errs[0].field.as_deref(),
+                Some("baseline.season_slot"),
+                "{bad}: {errs:?}"
+            );
+        }
+        // Without seasonality the slot is not used, so not checked.
+        assert!(RuleSet::from_sources(&[("x.yaml".into(), rule("{season_slot: 7h}"))]).is_ok());
     }
 
     #[test]

@@ -86,6 +86,15 @@ fn every_protected_route_checks_token_and_scope() {
         ("GET", "/silences", String::new(), READ, INGEST),
         ("POST", "/silences", sil.clone(), WRITE, READ),
         ("DELETE", "/silences/sil_nope", String::new(), WRITE, READ),
+        ("GET", "/rules", String::new(), READ, INGEST),
+        ("POST", "/rules/reload", String::new(), WRITE, READ),
+        (
+            "GET",
+            "/explain?rule=auth_technical_failures&dims=provider=stripe",
+            String::new(),
+            READ,
+            INGEST,
+        ),
     ];
     for (method, path, body, good, narrow) in &routes {
         let b = body.as_bytes();
@@ -109,9 +118,10 @@ fn every_protected_route_checks_token_and_scope() {
             "{method} {path}"
         );
         let (s, r) = http(srv.port, method, path, Some(good), b);
-        // `[]` is an empty batch; the unknown silence is a 404: both past auth.
+        // `[]` is an empty batch; the unknown silence is a 404; built-in rules
+        // cannot be reloaded and nothing is evaluated yet (409): all past auth.
         assert!(
-            [200, 201, 400, 404].contains(&s),
+            [200, 201, 400, 404, 409].contains(&s),
             "{method} {path} with a good token: {s} {r}"
         );
         for secret in [READ, WRITE, INGEST] {
@@ -340,4 +350,86 @@ fn a_silence_keeps_the_incident_but_mutes_its_notification() {
         !metrics.contains("faultline_notifications_muted_total 0\n"),
         "{metrics}"
     );
+}
+
+#[test]
+fn rules_and_live_explanations_are_served() {
+    let srv = Server::start(10 << 20);
+    let port = srv.port;
+    let (s, body) = http(port, "GET", "/rules", Some(READ), b"");
+    assert_eq!(s, 200, "{body}");
+    let v = json(&body);
+    let names: Vec<&str> = v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"auth_technical_failures"), "{names:?}");
+    assert_eq!(v["rules"][0]["window"], "2m", "{body}");
+    assert!(v["reload"]["dir"].is_null(), "built-in rules: {body}");
+    let (s, body) = http(port, "POST", "/rules/reload", Some(WRITE), b"");
+    assert_eq!((s, error_code(&body).as_str()), (409, "conflict"), "{body}");
+
+    let explain = |q: &str| http(port, "GET", &format!("/explain?{q}"), Some(READ), b"");
+    let (s, body) = explain("rule=auth_technical_failures&dims=provider=stripe");
+    assert_eq!(s, 409, "nothing evaluated yet: {body}");
+    for (q, status) in [
+        ("rule=nope&dims=provider=stripe", 404),
+        ("rule=auth_technical_failures&dims=colour=red", 400),
+        ("rule=auth_technical_failures&dims=provider", 400),
+        ("rule=auth_technical_failures", 400),
+        ("rule=auth_technical_failures&dims=provider=stripe&x=1", 400),
+    ] {
+        let (s, body) = explain(q);
+        assert_eq!(s, status, "{q}: {body}");
+        assert!(json(&body)["error"]["message"].is_string(), "{body}");
+    }
+
+    // Ten minutes of traffic: the rule evaluates steps (still warming up).
+    let sc = Scenario::standard(5, 10 * 60_000, 60.0);
+    let lines: Vec<String> = Generator::new(&sc).unwrap().map(|l| l.text).collect();
+    let provider = lines
+        .iter()
+        .find_map(|l| {
+            let v = json(l);
+            (v["kind"] == "auth").then(|| v["provider"].as_str().unwrap().to_string())
+        })
+        .expect("an auth event");
+    for chunk in lines.chunks(5000) {
+        let (s, r) = http(
+            port,
+            "POST",
+            "/v1/events",
+            Some(INGEST),
+            chunk.join("\n").as_bytes(),
+        );
+        assert_eq!(s, 200, "{r}");
+    }
+    let q = format!("rule=auth_technical_failures&dims=provider={provider}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (s, body) = explain(&q);
+        if s == 200 || Instant::now() > deadline {
+            assert_eq!(s, 200, "{body}");
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let v = json(&body);
+    assert_eq!(v["rule"], "auth_technical_failures");
+    assert_eq!(v["dims"]["provider"], provider.as_str());
+    assert_eq!(
+        v["warm"], false,
+        "ten minutes is inside the 20-minute warm-up: {body}"
+    );
+    assert!(v["attempts"].as_f64().unwrap() > 0.0, "{body}");
+    let conditions: Vec<&str> = v["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(conditions.contains(&"volume_floor"), "{conditions:?}");
+    assert!(v["open_incidents"].as_array().unwrap().is_empty());
 }

@@ -111,3 +111,111 @@ fn demo_prints_an_injected_fault_and_its_incident() {
     assert!(injected.is_some(), "no fault was announced");
     assert!(opened.is_some(), "no incident opened after {injected:?}");
 }
+
+/// `faultline run --rules DIR` as a process with polling off: on SIGHUP a
+/// broken edit is refused with the old rules kept and a good one is applied;
+/// `GET /rules` shows both.
+#[test]
+fn the_binary_reloads_its_rules_on_sighup_and_refuses_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["auth.yaml", "settlement.yaml", "webhook.yaml"] {
+        std::fs::copy(format!("rules/{f}"), dir.path().join(f)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("faultline.toml");
+    std::fs::write(&config, "rules_reload_interval = \"0s\"\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["run", "--rules"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .env("FAULTLINE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FAULTLINE_API_TOKENS", "r3ad:read")
+        .env("FAULTLINE_LOG", "info")
+        .env_remove("FAULTLINE_NATS_URL")
+        .env_remove("FAULTLINE_CLICKHOUSE_URL")
+        .env_remove("FAULTLINE_SLACK_BOT_TOKEN")
+        .env_remove("FAULTLINE_LLM_BASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rules = || {
+        let (s, body) = http(port, "GET", "/rules", Some("r3ad"), b"");
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the daemon listening", &|| {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let v = rules();
+    let n = v["rules"].as_array().unwrap().len();
+    assert_eq!(v["reload"]["reloads"], 0);
+
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // A broken edit: refused, the rules in force kept.
+    let auth = dir.path().join("auth.yaml");
+    let good = std::fs::read_to_string(&auth).unwrap();
+    std::fs::write(&auth, good.replace("window: 2m", "window: 7s")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        rules()["reload"]["last_error"].is_null(),
+        "no polling: nothing yet"
+    );
+    hup();
+    wait("the broken file refused", &|| {
+        !rules()["reload"]["last_error"].is_null()
+    });
+    let v = rules();
+    let err = v["reload"]["last_error"].to_string();
+    assert!(
+        err.contains("auth_technical_failures"),
+        "names the rule: {err}"
+    );
+    assert_eq!(v["rules"].as_array().unwrap().len(), n);
+    assert_eq!(v["reload"]["reloads"], 0);
+
+    // A good edit: one new rule.
+    let extra = good.replace("name: auth_technical_failures", "name: auth_failures_copy");
+    std::fs::write(&auth, good).unwrap();
+    std::fs::write(dir.path().join("extra.yaml"), extra).unwrap();
+    hup();
+    wait("the new rule in force", &|| {
+        rules()["rules"].as_array().unwrap().len() == n + 1
+    });
+    let v = rules();
+    assert!(v["reload"]["last_error"].is_null(), "{v}");
+    assert!(
+        v["reload"]["last_reload"]["added"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "auth_failures_copy"),
+        "{v}"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop it"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}

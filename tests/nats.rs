@@ -511,3 +511,173 @@ async fn the_daemon_waits_for_a_server_that_starts_after_it() {
     let _ = stop_tx.send(());
     running.await.unwrap().unwrap();
 }
+
+/// Copies the shipped rules into a fresh folder the test may edit.
+fn rules_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["auth.yaml", "settlement.yaml", "webhook.yaml"] {
+        std::fs::copy(format!("rules/{f}"), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+/// (rule, root-cause dims) of every incident opened, sorted.
+fn opened_elements(incidents: &[faultline::incident::Incident]) -> Vec<String> {
+    let mut v: Vec<String> = incidents
+        .iter()
+        .map(|i| format!("{} {:?}", i.rule, i.root_causes[0].dims))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_retunes_without_losing_a_window_or_repeating_an_incident() {
+    use faultline::config::{ApiToken, Scope};
+    let server = NatsServer::start();
+    let (lines, sc) = scenario();
+    let first = sc.labels().faults.first().expect("a fault").clone();
+    let dir = rules_copy();
+    let mut settings = settings(&server.url(), "RELOAD");
+    settings.api.tokens = vec![ApiToken {
+        name: "sre".into(),
+        secret: secrecy::SecretString::from("sre-secret".to_string()),
+        scope: Scope::Write,
+    }];
+    let rules = RuleSet::load_dir(dir.path()).unwrap();
+    let rec = Recorder::default();
+    let app = App::build_with(
+        &settings,
+        rules.clone(),
+        Clock::EventTime,
+        Arc::new(rec.clone()),
+    )
+    .await
+    .unwrap()
+    .watch_rules(dir.path().to_path_buf(), Duration::from_millis(100));
+    let (port, metrics, store) = (app.port(), app.metrics(), app.store());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+
+    // Up to a few minutes into the first fault: its incident is open.
+    let cut_ms = first.start.timestamp_millis() + 4 * 60_000;
+    let cut = Generator::new(&sc)
+        .unwrap()
+        .take_while(|l| l.arrival_ms < cut_ms)
+        .count();
+    publish(&js, "reload.auth", &lines[..cut]).await;
+    wait_for(
+        "the first fault's incident",
+        Duration::from_secs(120),
+        async || !rec.opened(&first.rule).is_empty(),
+    )
+    .await;
+
+    // The rest flows while the rules change twice.
+    let rest = lines[cut..].to_vec();
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move { publish(&js, "reload.auth", &rest).await })
+    };
+    let reloads = |result: &str| metrics.rules_reloads().get(result).copied().unwrap_or(0);
+    // 1. A broken file is refused; the rules in force stay.
+    let auth = dir.path().join("auth.yaml");
+    let good = std::fs::read_to_string(&auth).unwrap();
+    std::fs::write(
+        &auth,
+        good.replace("min_lift: 2.0", "min_lift: 2.0\n      min_lfit: 3"),
+    )
+    .unwrap();
+    wait_for(
+        "the broken file refused",
+        Duration::from_secs(30),
+        async || reloads("error") == 1,
+    )
+    .await;
+    let (status, _, body) = tokio::task::spawn_blocking(move || {
+        common::http::http_full(port, "GET", "/rules", Some("sre-secret"), b"")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("min_lfit"),
+        "the error names the field: {body}"
+    );
+    assert!(body.contains("\"auth_technical_failures\""), "{body}");
+    // 2. Every rule's false-alarm rate retuned: applied, windows kept.
+    for f in ["auth.yaml", "settlement.yaml", "webhook.yaml"] {
+        let p = dir.path().join(f);
+        let text = if f == "auth.yaml" {
+            good.clone()
+        } else {
+            std::fs::read_to_string(&p).unwrap()
+        };
+        std::fs::write(
+            &p,
+            text.replace("false_alarm_rate: 0.0001", "false_alarm_rate: 0.00009"),
+        )
+        .unwrap();
+    }
+    wait_for("the retune applied", Duration::from_secs(30), async || {
+        reloads("ok") >= 1
+    })
+    .await;
+    publisher.await.unwrap();
+
+    wait_for(
+        "every message acked",
+        Duration::from_secs(120),
+        async || consumer_state(&js, "RELOAD").await == (0, 0),
+    )
+    .await;
+    let _ = stop_tx.send(());
+    running.await.unwrap().unwrap();
+
+    // The same incidents as a replay of the same events with no reload: a
+    // restarted rule would have re-learned its baseline for 20 minutes and
+    // missed the faults that follow.
+    let expected = faultline::pipeline::replay_lines(lines.iter(), &rules).incidents;
+    let page = store
+        .list(&faultline::store::IncidentQuery {
+            limit: Some(500),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(opened_elements(&page.incidents), opened_elements(&expected));
+    // The incident open across the reload kept its window: it resolves when
+    // the replay's does, not when the rule changed.
+    let of_first = |list: &[faultline::incident::Incident]| {
+        list.iter()
+            .find(|i| i.rule == first.rule && i.root_causes[0].dims == first.dims)
+            .map(|i| (i.id.clone(), i.opened_at, i.resolved_at))
+            .expect("the first fault's incident")
+    };
+    assert_eq!(of_first(&page.incidents), of_first(&expected));
+    assert!(
+        of_first(&expected).2.is_some(),
+        "the first fault ends in the scenario"
+    );
+    // Each opened once, none resolved as "rule changed".
+    let opened: Vec<_> = rec
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|n| n.0 == "opened")
+        .cloned()
+        .collect();
+    assert_eq!(opened.len(), expected.len(), "{opened:?}");
+    for inc in &page.incidents {
+        let rec = store.get(&inc.id).await.unwrap().unwrap();
+        assert!(
+            rec.timeline.iter().all(|t| !t.detail.starts_with("rule")),
+            "{:?}",
+            rec.timeline
+        );
+    }
+}

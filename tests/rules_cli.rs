@@ -341,3 +341,57 @@ fn explain_shows_why_an_incident_opened_and_why_a_quiet_step_did_not_fire() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("merchant_id"));
 }
+
+/// A provider that fails 20% every night 02:00-03:00 UTC (its maintenance
+/// window) and once, on the last day, at 14:00-15:00: a rule test with and
+/// without `baseline.seasonality: daily`.
+fn nightly_maintenance_test(dir: &Path, seasonality: &str) -> PathBuf {
+    let name = if seasonality.is_empty() {
+        "plain"
+    } else {
+        "seasonal"
+    };
+    std::fs::write(
+        dir.join(format!("{name}.yaml")),
+        format!(
+            "rules:\n  - name: nightly\n    kind: auth\n    dimensions: [provider, region]\n    window: 10m\n    step: 1m\n    baseline: {{horizon: 1h, warmup: 30m{seasonality}}}\n    thresholds: {{min_events: 40, min_failures: 10, min_lift: 2.0, min_rate_increase: 0.02}}\n    open_after: 2\n    resolve_after: 5\n    severity: critical\n"
+        ),
+    )
+    .unwrap();
+    let night = "1x120 8x60 1x1260";
+    let failures = format!("{night} {night} {night} {night} 1x120 8x60 1x660 8x60 1x60");
+    let opened: &[&str] = if seasonality.is_empty() {
+        &["2h3m", "26h3m", "50h3m", "74h3m", "98h3m", "110h3m"]
+    } else {
+        // The first two nights teach the slot; then only the outage pages.
+        &["2h3m", "26h3m", "110h3m"]
+    };
+    let expect: String = opened
+        .iter()
+        .map(|t| {
+            format!(
+                "      - rule: nightly\n        dims: {{provider: b}}\n        opened_at: {t}\n"
+            )
+        })
+        .collect();
+    let file = dir.join(format!("{name}_test.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "rule_files: [{name}.yaml]\ninterval: 1m\nstart: 2026-03-02T00:00:00Z\ntests:\n  - name: {name} nightly maintenance\n    input_series:\n      - kind: auth\n        dims: {{provider: [a, b], region: [r1, r2]}}\n        attempts: 40x6720\n      - kind: auth\n        dims: {{provider: b, region: [r1, r2]}}\n        attempts: 40x6720\n        failures: {failures}\n    expect_incidents:\n{expect}"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn a_daily_season_stops_a_nightly_maintenance_window_paging_but_not_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = nightly_maintenance_test(dir.path(), "");
+    let seasonal = nightly_maintenance_test(dir.path(), ", seasonality: daily");
+    let out = rules_test(&[plain, seasonal]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("2 passed"), "{stdout}");
+}

@@ -35,6 +35,14 @@ pub enum ApiError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// Well-formed but refused (e.g. a rules folder with errors); safe to show.
+    #[error("unprocessable ({code}): {message}")]
+    Unprocessable {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The change is not possible in the resource's state; the text is safe to show.
     #[error("conflict: {0}")]
     Conflict(&'static str),
@@ -82,6 +90,9 @@ impl ApiError {
                 "payload_too_large",
                 format!("the body is larger than {limit} bytes"),
             ),
+            ApiError::Unprocessable { code, message } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, code, message.clone())
+            }
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.to_string()),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -10,6 +10,8 @@
 //! - `POST /v1/events` (scope `ingest`): NDJSON or a JSON array of events.
 //! - `GET /incidents`, `GET /incidents/{id}` (scope `read`).
 //! - `POST /incidents/{id}/ack`, `POST /incidents/{id}/resolve` (scope `write`).
+//! - `GET /rules`, `GET /explain` (scope `read`), `POST /rules/reload` (scope
+//!   `write`): the rules in force, why an element did or did not fire, reload.
 //! - `GET /silences` (scope `read`), `POST /silences`, `DELETE /silences/{id}`
 //!   (scope `write`).
 //! - `POST /slack/interactions`: Slack's buttons, authenticated by Slack's
@@ -25,6 +27,7 @@ mod events;
 mod incidents;
 pub mod openapi;
 pub mod pages;
+mod rules;
 mod silences;
 mod slack;
 #[cfg(test)]
@@ -77,6 +80,13 @@ pub struct AppState {
     pub notifier: Option<Arc<dyn Notifier>>,
     /// Verifies `POST /slack/interactions` (refuses all without a signing secret).
     pub slack: Arc<crate::notify::slack::SlackVerifier>,
+    /// The live engine, for `GET /explain`; `None` in tests without one.
+    pub engine: Option<crate::pipeline::EngineHandle>,
+    /// The rules in force, for `GET /rules`.
+    pub rules: Option<Arc<crate::reload::LiveRules>>,
+    /// Reloads the rules (`POST /rules/reload`, `GET /rules`); `None` when the
+    /// rules are the ones built into the binary.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// Largest request body, bytes.
     pub body_limit: usize,
     /// Longest a request may take.
@@ -101,6 +111,23 @@ impl AppState {
         self
     }
 
+    /// The same state, explaining from `engine`, which runs `rules`.
+    pub fn with_engine(
+        mut self,
+        engine: crate::pipeline::EngineHandle,
+        rules: Arc<crate::reload::LiveRules>,
+    ) -> AppState {
+        self.engine = Some(engine);
+        self.rules = Some(rules);
+        self
+    }
+
+    /// The same state, reloading rules through `reloader`.
+    pub fn with_reloader(mut self, reloader: Arc<crate::reload::Reloader>) -> AppState {
+        self.reloader = Some(reloader);
+        self
+    }
+
     /// State for `settings`: tokens, limits and integration names from it.
     pub fn new(
         settings: &Settings,
@@ -115,6 +142,9 @@ impl AppState {
             tokens: TokenSet::new(settings.api.tokens.clone()),
             integrations: Arc::new(integrations(settings)),
             notifier: None,
+            engine: None,
+            rules: None,
+            reloader: None,
             slack: Arc::new(crate::notify::slack::SlackVerifier::new(
                 settings.slack.signing_secret.clone(),
             )),
@@ -157,6 +187,9 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("GET", "/incidents/{id}", get(incidents::get_one)),
         ("POST", "/incidents/{id}/ack", post(incidents::ack)),
         ("POST", "/incidents/{id}/resolve", post(incidents::resolve)),
+        ("GET", "/rules", get(rules::list)),
+        ("POST", "/rules/reload", post(rules::reload)),
+        ("GET", "/explain", get(rules::explain)),
         ("GET", "/silences", get(silences::list)),
         ("POST", "/silences", post(silences::create)),
         ("DELETE", "/silences/{id}", delete(silences::delete)),

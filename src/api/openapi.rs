@@ -39,6 +39,9 @@ use crate::store::{IncidentPage, IncidentRecord, Silence};
         super::incidents::get_one,
         super::incidents::ack,
         super::incidents::resolve,
+        super::rules::list,
+        super::rules::reload,
+        super::rules::explain,
         super::silences::list,
         super::silences::create,
         super::silences::delete,
@@ -49,12 +52,16 @@ use crate::store::{IncidentPage, IncidentRecord, Silence};
     components(schemas(
         Incident, IncidentPage, IncidentRecord, RootCause, TimeRange, Link, Status, SummarySource,
         TimelineEntry, SeriesPoint, Severity, Silence, NewSilence, SilenceList, ErrorBody,
-        ErrorDetail, IngestReport, EventV1, Health, Readiness, IntegrationCheck
+        ErrorDetail, IngestReport, EventV1, Health, Readiness, IntegrationCheck,
+        super::rules::RulesView, super::rules::RuleBrief, crate::reload::ReloadStatus,
+        crate::engine::ReloadSummary, crate::explain::Report, crate::explain::OpenIncident,
+        crate::engine::Explanation, crate::engine::Condition
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "incidents", description = "Incidents and people's actions on them"),
         (name = "silences", description = "Mute notifications of matching incidents"),
+        (name = "rules", description = "The rules in force, live explanations, reload"),
         (name = "ingest", description = "Events in"),
         (name = "ops", description = "Health, readiness, metrics, this description"),
         (name = "slack", description = "Slack interactivity (signed by Slack, no bearer token)"),

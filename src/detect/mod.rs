@@ -16,6 +16,8 @@
 
 use statrs::distribution::{ContinuousCDF, Normal};
 
+pub mod season;
+
 /// Which way counts must deviate to matter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -132,6 +134,17 @@ impl Ewma {
         self.n += n;
         self.f += f;
         self.weight += 1.0;
+        self.step = step;
+    }
+
+    /// [`Ewma::update`] with the step counting `weight` steps instead of one: a
+    /// seasonal slot expected to bring `weight` times the usual volume, so the
+    /// mean volume learns the deseasonalized level.
+    pub fn update_weighted(&mut self, step: i64, n: f64, f: f64, weight: f64, decay: &Decay) {
+        self.decay_to(step, decay);
+        self.n += n;
+        self.f += f;
+        self.weight += weight;
         self.step = step;
     }
 

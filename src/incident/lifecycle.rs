@@ -67,7 +67,19 @@ struct Open {
     element: Element,
     incident: Incident,
     clean: u32,
+    /// Root-cause and candidate elements people have been told of.
+    told: Vec<BTreeMap<String, String>>,
+    /// Failure rate of the root cause when people were last told.
+    told_rate: f64,
+    /// When people were last told of a change in evidence.
+    told_ms: i64,
 }
+
+/// Failure rate, relative to the one last announced, that makes an open
+/// incident worth a thread update ("worsening"), with [`WORSE_BY`] points at least.
+const WORSE_RATIO: f64 = 1.5;
+/// Least absolute rise in failure rate for a "worsening" update.
+const WORSE_BY: f64 = 0.05;
 
 #[derive(Debug)]
 struct Pending {
@@ -137,6 +149,14 @@ fn point(at_ms: i64, c: &RootCause, volume_rule: bool) -> SeriesPoint {
             baseline: c.baseline_rate,
         },
     }
+}
+
+/// `k=v, k=v`.
+fn dims_text(dims: &BTreeMap<String, String>) -> String {
+    dims.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn entry(at_ms: i64, what: &str, detail: String) -> TimelineEntry {
@@ -216,11 +236,69 @@ impl IncidentManager {
                     end_ms,
                 );
                 // Runner-up order shifts from step to step; that is evidence,
-                // refreshed in the incident, not a timeline event.
+                // refreshed in the incident, not news. News (told in the thread):
+                // the rule's severity changed (a reload), a candidate nobody was
+                // told of, or a much higher failure rate; evidence news at most
+                // once per window.
+                let mut news = Vec::new();
+                if inc.severity != rule.rule.severity {
+                    news.push(format!(
+                        "severity {} -> {}",
+                        inc.severity.as_str(),
+                        rule.rule.severity.as_str()
+                    ));
+                    inc.severity = rule.rule.severity;
+                }
+                // The window fills up over one window after opening (and after
+                // news of a rise): that ramp is not news again.
+                if end_ms - o.told_ms <= window_ms {
+                    o.told_rate = o.told_rate.max(inc.root_causes[0].failure_rate);
+                }
+                if end_ms - o.told_ms >= window_ms {
+                    // A finer element inside the root cause is expected while
+                    // it fails; one reaching beyond it (an ancestor, a
+                    // neighbour) widens the scope, and that is news.
+                    let root = &inc.root_causes[0].dims;
+                    let inside = |d: &BTreeMap<String, String>| {
+                        root.iter().all(|(k, v)| d.get(k) == Some(v))
+                    };
+                    let fresh: Vec<String> = inc
+                        .root_causes
+                        .iter()
+                        .filter(|r| !inside(&r.dims) && !o.told.contains(&r.dims))
+                        .map(|r| format!("new candidate {}", dims_text(&r.dims)))
+                        .collect();
+                    let rate = inc.root_causes[0].failure_rate;
+                    if !volume_rule
+                        && rate >= o.told_rate * WORSE_RATIO
+                        && rate - o.told_rate >= WORSE_BY
+                    {
+                        news.push(format!(
+                            "failure rate up to {:.1}% from {:.1}%",
+                            rate * 100.0,
+                            o.told_rate * 100.0
+                        ));
+                    }
+                    news.extend(fresh);
+                }
+                let notify = !news.is_empty();
+                if notify {
+                    o.told_ms = end_ms;
+                    o.told_rate = inc.root_causes[0].failure_rate;
+                    for r in &inc.root_causes {
+                        if !o.told.contains(&r.dims) {
+                            o.told.push(r.dims.clone());
+                        }
+                    }
+                }
                 out.push(Change {
                     transition: Transition::Updated(inc.clone()),
-                    notify: false,
-                    timeline: Vec::new(),
+                    notify,
+                    timeline: if notify {
+                        vec![entry(end_ms, "updated", news.join("; "))]
+                    } else {
+                        Vec::new()
+                    },
                     point: Some(p),
                 });
                 still_open.push(o);
@@ -314,6 +392,13 @@ impl IncidentManager {
                 });
                 self.open.push(Open {
                     element: c.element.clone(),
+                    told: incident
+                        .root_causes
+                        .iter()
+                        .map(|r| r.dims.clone())
+                        .collect(),
+                    told_rate: c.cause.failure_rate,
+                    told_ms: end_ms,
                     incident,
                     clean: 0,
                 });

@@ -55,4 +55,10 @@ pub trait Notifier: Send + Sync {
     /// up on): shutdown waits for it, with a deadline. The default has nothing
     /// queued.
     async fn flush(&self) {}
+
+    /// The rules were reloaded: routing by rule follows `rules` from now on.
+    /// The default routes nothing by rule.
+    fn rules_reloaded(&self, rules: &crate::rules::RuleSet) {
+        let _ = rules;
+    }
 }

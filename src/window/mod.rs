@@ -12,6 +12,7 @@
 
 use rustc_hash::FxHashMap;
 
+use crate::detect::season::Profile;
 use crate::detect::Ewma;
 
 /// Most dimensions a rule can localize over.
@@ -90,6 +91,8 @@ pub struct Cell {
     pub base: Ewma,
     /// First step the cell was seen.
     pub born: i64,
+    /// Seasonal profile, for rules with `baseline.seasonality` (made by the engine).
+    pub season: Option<Box<Profile>>,
 }
 
 impl Cell {
@@ -104,6 +107,7 @@ impl Cell {
                 ..Ewma::default()
             },
             born: step,
+            season: None,
         }
     }
 

@@ -106,6 +106,8 @@ enum Job {
 /// Posts incidents to Slack (see the module docs).
 pub struct SlackNotifier {
     tx: mpsc::Sender<Job>,
+    /// The worker's routing by rule, swapped on reload.
+    by_rule: Arc<std::sync::RwLock<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for SlackNotifier {
@@ -119,17 +121,34 @@ impl std::fmt::Debug for SlackNotifier {
 struct Routing {
     default: String,
     by_severity: HashMap<Severity, String>,
-    by_rule: HashMap<String, String>,
+    /// Swapped when the rules are reloaded.
+    by_rule: Arc<std::sync::RwLock<HashMap<String, String>>>,
 }
 
 impl Routing {
     fn channel(&self, inc: &Incident) -> String {
+        let by_rule = self.by_rule.read().unwrap_or_else(|e| e.into_inner());
         self.by_severity
             .get(&inc.severity)
-            .or_else(|| self.by_rule.get(&inc.rule))
+            .or_else(|| by_rule.get(&inc.rule))
             .unwrap_or(&self.default)
             .clone()
     }
+}
+
+/// Rule name to the Slack channel it names, for rules that name one.
+fn channels_by_rule(rules: &RuleSet) -> HashMap<String, String> {
+    rules
+        .rules
+        .iter()
+        .filter_map(|r| {
+            r.rule
+                .slack_channel
+                .clone()
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| (r.rule.name.clone(), c))
+        })
+        .collect()
 }
 
 /// An incident's first message, as the worker knows it.
@@ -186,17 +205,7 @@ impl SlackNotifier {
                     Some((sev, v.clone()))
                 })
                 .collect(),
-            by_rule: rules
-                .rules
-                .iter()
-                .filter_map(|r| {
-                    r.rule
-                        .slack_channel
-                        .clone()
-                        .filter(|c| !c.trim().is_empty())
-                        .map(|c| (r.rule.name.clone(), c))
-                })
-                .collect(),
+            by_rule: Arc::new(std::sync::RwLock::new(channels_by_rule(rules))),
         };
         let worker = Worker {
             client,
@@ -208,9 +217,10 @@ impl SlackNotifier {
             posts: HashMap::new(),
             channel_ids: HashMap::new(),
         };
+        let by_rule = worker.routing.by_rule.clone();
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(worker.run(rx));
-        Ok(SlackNotifier { tx })
+        Ok(SlackNotifier { tx, by_rule })
     }
 
     async fn enqueue(&self, job: Job) -> Result<(), NotifyError> {
@@ -245,6 +255,10 @@ impl Notifier for SlackNotifier {
         if self.tx.send(Job::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    fn rules_reloaded(&self, rules: &RuleSet) {
+        *self.by_rule.write().unwrap_or_else(|e| e.into_inner()) = channels_by_rule(rules);
     }
 }
 
@@ -813,7 +827,10 @@ mod tests {
         let r = Routing {
             default: "#default".into(),
             by_severity: HashMap::from([(Severity::Critical, "#pager".into())]),
-            by_rule: HashMap::from([("auth_technical_failures".into(), "#auth".into())]),
+            by_rule: Arc::new(std::sync::RwLock::new(HashMap::from([(
+                "auth_technical_failures".into(),
+                "#auth".into(),
+            )]))),
         };
         let mut inc = crate::store::memory::fixtures::incident("inc_1", 1_772_410_841_000);
         inc.rule = "auth_technical_failures".into();
