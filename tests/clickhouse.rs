@@ -919,3 +919,68 @@ fn the_daemon_keeps_detecting_and_notifying_while_clickhouse_is_down() {
     );
     assert!(count(&ch, "SELECT count() FROM fl_down.incident_series") > 0);
 }
+
+/// Filter values reach ClickHouse as bound parameters: SQL-ish values match
+/// only an incident whose value is exactly that text, and nothing is dropped.
+#[test]
+fn sql_ish_filter_values_are_bound_not_spliced_into_clickhouse_queries() {
+    let Some(ch) = ClickHouseServer::start() else {
+        return;
+    };
+    let srv = Server::start_with(daemon_settings(&ch, "fl_hostile"));
+    srv.insert(&incident("inc_a", T0, "stripe"));
+    srv.insert(&incident("inc_b", T0 + 1000, "' OR '1'='1"));
+    wait_for("both incidents in ClickHouse", || {
+        ch.try_sql("SELECT count() FROM fl_hostile.incidents FINAL")
+            .is_ok_and(|n| n.trim() == "2")
+    });
+    let q = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    for hostile in [
+        "' OR '1'='1",
+        "stripe' --",
+        "stripe\\' OR 1=1 --",
+        "1; DROP TABLE fl_hostile.incidents",
+        "x') UNION ALL SELECT * FROM system.tables --",
+        "{provider:String}",
+    ] {
+        for param in ["provider", "region", "rule", "kind", "bin", "merchant_id"] {
+            let (s, body) = http(
+                srv.port,
+                "GET",
+                &format!("/incidents?{param}={}", q(hostile)),
+                Some(READ),
+                b"",
+            );
+            assert_eq!(s, 200, "{param}={hostile}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let ids: Vec<&str> = v["incidents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap())
+                .collect();
+            let expected: &[&str] = if param == "provider" && hostile == "' OR '1'='1" {
+                &["inc_b"]
+            } else {
+                &[]
+            };
+            assert_eq!(ids, expected, "{param}={hostile}");
+        }
+    }
+    assert_eq!(
+        count(&ch, "SELECT count() FROM fl_hostile.incidents FINAL"),
+        2,
+        "nothing dropped or added"
+    );
+    let (s, body) = http(
+        srv.port,
+        "GET",
+        "/incidents?provider=stripe",
+        Some(READ),
+        b"",
+    );
+    assert_eq!(s, 200);
+    assert!(body.contains("inc_a") && !body.contains("inc_b"), "{body}");
+}
