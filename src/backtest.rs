@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::event::Event;
 use crate::incident::Incident;
 use crate::rules::RuleSet;
 
@@ -122,8 +123,25 @@ pub struct BacktestArgs {
     #[arg(long)]
     pub against: Option<PathBuf>,
     /// NDJSON events file.
+    #[arg(
+        long,
+        required_unless_present = "clickhouse",
+        conflicts_with = "clickhouse"
+    )]
+    pub events: Option<PathBuf>,
+    /// Read the events from ClickHouse (FAULTLINE_CLICKHOUSE_* or `--config`)
+    /// between `--from` and `--to` instead of a file.
+    #[arg(long, requires_all = ["from", "to"])]
+    pub clickhouse: bool,
+    /// Start of the history (RFC 3339), with `--clickhouse`.
     #[arg(long)]
-    pub events: PathBuf,
+    pub from: Option<String>,
+    /// End of the history (RFC 3339, exclusive), with `--clickhouse`.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Settings file for `--clickhouse` (FAULTLINE_* variables override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// JSON lines instead of a table: one incident per line, or one diff entry
     /// (`change`, `rule`, `dims`, `before`, `after`) per line with `--against`.
     #[arg(long)]
@@ -137,18 +155,99 @@ fn load(dir: &Path) -> anyhow::Result<RuleSet> {
     })
 }
 
-fn replay(events: &Path, rules: &RuleSet) -> anyhow::Result<Vec<Incident>> {
-    let f =
-        std::fs::File::open(events).with_context(|| format!("cannot open {}", events.display()))?;
-    let reader = std::io::BufReader::with_capacity(1 << 20, f);
-    Ok(crate::pipeline::replay_reader(reader, rules, &Default::default()).incidents)
+/// Where the history comes from.
+enum History {
+    File(PathBuf),
+    ClickHouse {
+        settings: Box<crate::config::ClickHouseSettings>,
+        from_ms: i64,
+        to_ms: i64,
+    },
+}
+
+impl History {
+    fn of(args: &BacktestArgs) -> anyhow::Result<History> {
+        if !args.clickhouse {
+            let Some(events) = &args.events else {
+                anyhow::bail!("give --events FILE or --clickhouse --from T --to T");
+            };
+            return Ok(History::File(events.clone()));
+        }
+        let time = |name: &str, v: &Option<String>| -> anyhow::Result<i64> {
+            let v = v.as_deref().unwrap_or_default();
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| anyhow::anyhow!("--{name} `{v}` is not an RFC 3339 time: {e}"))
+        };
+        let (from_ms, to_ms) = (time("from", &args.from)?, time("to", &args.to)?);
+        if from_ms >= to_ms {
+            anyhow::bail!("--from must be before --to");
+        }
+        let settings = crate::config::Settings::load(args.config.as_deref())
+            .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+        if !settings.clickhouse.enabled() {
+            anyhow::bail!(
+                "--clickhouse needs FAULTLINE_CLICKHOUSE_URL (or [clickhouse] url in --config)"
+            );
+        }
+        Ok(History::ClickHouse {
+            settings: Box::new(settings.clickhouse),
+            from_ms,
+            to_ms,
+        })
+    }
+
+    fn replay(&self, rules: &RuleSet) -> anyhow::Result<Vec<Incident>> {
+        match self {
+            History::File(events) => {
+                let f = std::fs::File::open(events)
+                    .with_context(|| format!("cannot open {}", events.display()))?;
+                let reader = std::io::BufReader::with_capacity(1 << 20, f);
+                Ok(crate::pipeline::replay_reader(reader, rules, &Default::default()).incidents)
+            }
+            History::ClickHouse {
+                settings,
+                from_ms,
+                to_ms,
+            } => {
+                // Rows stream from ClickHouse on a runtime thread while the
+                // engine counts here, a bounded channel between them.
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Event>>(8);
+                let (settings, from_ms, to_ms) = (settings.clone(), *from_ms, *to_ms);
+                let reader = std::thread::spawn(move || -> anyhow::Result<u64> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    let read = rt.block_on(crate::store::clickhouse::read_events(
+                        &settings,
+                        from_ms,
+                        to_ms,
+                        |batch| tx.send(batch).is_ok(),
+                    ))?;
+                    Ok(read)
+                });
+                let out = crate::pipeline::replay_events(
+                    rx.into_iter().flatten(),
+                    rules,
+                    &Default::default(),
+                );
+                let read = reader
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the ClickHouse reader panicked"))?
+                    .context("reading events from ClickHouse")?;
+                tracing::info!(events = read, "history read from ClickHouse");
+                Ok(out.incidents)
+            }
+        }
+    }
 }
 
 /// Runs the backtest and writes its output. Errors are unusable arguments or rules.
 pub fn command(args: &BacktestArgs, w: &mut impl std::io::Write) -> anyhow::Result<()> {
     let candidate = load(&args.rules)?;
     let baseline = args.against.as_deref().map(load).transpose()?;
-    let after = replay(&args.events, &candidate)?;
+    let history = History::of(args)?;
+    let after = history.replay(&candidate)?;
     match baseline {
         None if args.json => {
             for i in &after {
@@ -157,7 +256,7 @@ pub fn command(args: &BacktestArgs, w: &mut impl std::io::Write) -> anyhow::Resu
         }
         None => write!(w, "{}", table(&after))?,
         Some(baseline) => {
-            let before = replay(&args.events, &baseline)?;
+            let before = history.replay(&baseline)?;
             let d = diff(&before, &after);
             if args.json {
                 for e in &d {

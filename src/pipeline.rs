@@ -95,6 +95,15 @@ where
     out
 }
 
+/// Replays already validated events (from a store), in the order given.
+pub fn replay_events(
+    events: impl Iterator<Item = Event>,
+    rules: &RuleSet,
+    opts: &EngineOptions,
+) -> ReplayOutput {
+    replay_parsed(events.map(Ok), rules, opts)
+}
+
 fn replay_parsed(
     parsed: impl Iterator<Item = Result<Event, event::Rejection>>,
     rules: &RuleSet,

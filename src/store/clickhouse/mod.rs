@@ -62,7 +62,7 @@ use secrecy::ExposeSecret;
 
 use self::buffer::{flush_loop, Buffer, Depth};
 use self::rows::{
-    CellStepRow, EventRow, IncidentRow, LlmCallRow, SeriesRow, SilenceRow, SlackCallRow,
+    secs, CellStepRow, EventRow, IncidentRow, LlmCallRow, SeriesRow, SilenceRow, SlackCallRow,
     TimelineRow,
 };
 use super::{
@@ -156,6 +156,55 @@ fn root_client(settings: &ClickHouseSettings) -> Client {
         .with_user(settings.user.clone())
         .with_password(settings.password.expose_secret().to_string())
         .with_validation(false)
+}
+
+/// Reads the events recorded with event time in `[from_ms, to_ms)`, in event
+/// time order, handing them to `sink` in batches until it returns false
+/// (`faultline backtest --clickhouse`). A sampled success comes back as the
+/// events it stood for ([`EventRow::into_events`]). Returns the events read.
+pub async fn read_events(
+    settings: &ClickHouseSettings,
+    from_ms: i64,
+    to_ms: i64,
+    mut sink: impl FnMut(Vec<Event>) -> bool,
+) -> Result<u64, StoreError> {
+    const BATCH: usize = 4096;
+    let client = root_client(settings).with_database(settings.database.clone());
+    // `ts` (seconds) narrows the partitions and the primary key; `ts_ms` is exact.
+    let mut cursor = client
+        .query(
+            "SELECT ?fields FROM events \
+             WHERE ts >= toDateTime(?) AND ts <= toDateTime(?) AND ts_ms >= ? AND ts_ms < ? \
+             ORDER BY ts_ms, id",
+        )
+        .bind(secs(from_ms))
+        .bind(secs(to_ms))
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch::<EventRow>()
+        .map_err(|e| unavailable("reading events", e))?;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut read = 0u64;
+    while let Some(row) = cursor
+        .next()
+        .await
+        .map_err(|e| unavailable("reading events", e))?
+    {
+        let Some(events) = row.into_events() else {
+            continue;
+        };
+        for e in events {
+            read += 1;
+            batch.push(e);
+        }
+        if batch.len() >= BATCH && !sink(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))) {
+            return Ok(read);
+        }
+    }
+    if !batch.is_empty() {
+        sink(batch);
+    }
+    Ok(read)
 }
 
 impl ClickHouseStore {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{LlmCall, SlackPost};
 use crate::engine::CellStep;
-use crate::event::Event;
+use crate::event::{Event, Outcome};
 use crate::incident::{
     ts, Incident, Link, RootCause, SeriesPoint, Status, SummarySource, TimeRange, TimelineEntry,
 };
@@ -88,6 +88,45 @@ impl EventRow {
             weight,
             inserted_at: now_s,
         }
+    }
+}
+
+impl EventRow {
+    /// The events this row stands for: itself, and for a sampled success of
+    /// weight w, w - 1 copies with derived ids (`ID#2` .. `ID#w`), so counts
+    /// replayed from history equal the counts the engine saw. `None` for an
+    /// outcome this version does not know.
+    pub fn into_events(self) -> Option<impl Iterator<Item = Event>> {
+        let outcome = match self.outcome.as_str() {
+            "success" => Outcome::Success,
+            "decline" => Outcome::Decline,
+            "failure" => Outcome::Failure,
+            _ => return None,
+        };
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        let event = Event {
+            id: self.id,
+            ts_ms: self.ts_ms,
+            kind: self.kind,
+            outcome,
+            provider: self.provider,
+            region: self.region,
+            bin: opt(self.bin),
+            merchant_id: opt(self.merchant_id),
+            card_brand: opt(self.card_brand),
+            error_code: opt(self.error_code),
+            latency_ms: self.latency_ms,
+            message: opt(self.message),
+            attrs: self.attr_keys.into_iter().zip(self.attr_values).collect(),
+        };
+        let weight = self.weight.max(1);
+        Some((1..=weight).map(move |k| {
+            let mut e = event.clone();
+            if k > 1 {
+                e.id = format!("{}#{k}", e.id);
+            }
+            e
+        }))
     }
 }
 
