@@ -59,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         events_per_sec: events as f64 * 1.03 / 3600.0,
         start: "now".into(),
         rate: 0.0,
+        live: false,
     };
     let rt = runtime();
     rt.block_on(faultline::ingest::nats::load_command(&load))?;

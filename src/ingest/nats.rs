@@ -640,6 +640,10 @@ pub struct LoadArgs {
     /// Messages per second to publish at most; 0: as fast as the server acks.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Live traffic: the scenario starts now and each event is published when
+    /// its arrival time comes (wall clock), for soak tests and live demos.
+    #[arg(long, conflicts_with_all = ["start", "rate"])]
+    pub live: bool,
 }
 
 /// Runs `faultline load`; prints a one-line JSON report to stderr.
@@ -648,7 +652,9 @@ pub async fn load_command(args: &LoadArgs) -> anyhow::Result<()> {
     let duration = crate::rules::parse_duration(&args.duration)
         .context("--duration: use a duration like 55m or 3h")?;
     let duration_ms = i64::try_from(duration.as_millis()).context("--duration too long")?;
-    let start_ms = if args.start == "now" {
+    let start_ms = if args.live {
+        chrono::Utc::now().timestamp_millis()
+    } else if args.start == "now" {
         chrono::Utc::now().timestamp_millis() - duration_ms
     } else {
         chrono::DateTime::parse_from_rfc3339(&args.start)
@@ -672,7 +678,10 @@ pub async fn load_command(args: &LoadArgs) -> anyhow::Result<()> {
     let mut sent = 0u64;
     let mut acks = Vec::with_capacity(1000);
     for line in generator {
-        if let Some(d) = per_msg {
+        if args.live {
+            let due = Duration::from_millis(line.arrival_ms.saturating_sub(start_ms).max(0) as u64);
+            tokio::time::sleep_until((started + due).into()).await;
+        } else if let Some(d) = per_msg {
             tokio::time::sleep_until((started + d.mul_f64(sent as f64)).into()).await;
         }
         let ack = js
