@@ -1258,6 +1258,39 @@ mod tests {
     }
 
     #[test]
+    fn a_traffic_surge_at_the_usual_failure_rate_is_not_blamed() {
+        // p2 gets five times its traffic from minute 40 to 50 (a flash sale),
+        // failing at the usual 1%: more failures, but no excess given attempts.
+        let mut engine = Engine::new(&RuleSet::embedded(), &EngineOptions::default());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut out = Vec::new();
+        let mut id = 0u64;
+        for ms in (0..70 * 60_000).step_by(25) {
+            let surge = (40 * 60_000..50 * 60_000).contains(&ms);
+            for copy in 0..if surge { 5 } else { 1 } {
+                let p = if copy > 0 { 2 } else { rng.gen_range(0..4) };
+                let (r, b) = (rng.gen_range(0..3), rng.gen_range(0..20));
+                id += 1;
+                let e = ev(
+                    id,
+                    ms,
+                    &format!("p{p}"),
+                    &format!("r{r}"),
+                    &format!("4000{b:02}"),
+                    rng.gen_bool(0.01),
+                );
+                let _ = engine.ingest(&e, &mut out);
+            }
+        }
+        engine.finish(&mut out);
+        assert!(
+            auth_opened(&out).is_empty(),
+            "a volume rise alone opened {:#?}",
+            auth_opened(&out)
+        );
+    }
+
+    #[test]
     fn provider_region_outage_is_one_incident_with_its_root_cause() {
         let start = 40 * 60_000;
         let end = 50 * 60_000;
