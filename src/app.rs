@@ -282,8 +282,13 @@ impl App {
         ));
         // One stop signal for every source: HTTP and NATS stop intake together.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        if let Some((reloader, interval)) = reloader {
-            tokio::spawn(reloader.watch(interval, stop_rx.clone()));
+        match reloader {
+            Some((reloader, interval)) => {
+                tokio::spawn(reloader.watch(interval, stop_rx.clone()));
+            }
+            None => {
+                tokio::spawn(crate::reload::ignore_hangup(stop_rx.clone()));
+            }
         }
         let source = nats.map(|n| tokio::spawn(n.run(state.ingest.clone(), stop_rx, catch_up)));
         let shutdown = async move {

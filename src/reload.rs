@@ -227,6 +227,20 @@ impl Reloader {
     }
 }
 
+/// Without a rules folder there is nothing to reload, but SIGHUP must not stop
+/// the daemon (its default action): it is logged and ignored until `stop`.
+pub async fn ignore_hangup(mut stop: watch::Receiver<bool>) {
+    let mut hup = hangup();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            Some(()) = recv_hangup(&mut hup) => {
+                tracing::warn!("SIGHUP: the rules are built into the binary; start with --rules DIR to reload them");
+            }
+        }
+    }
+}
+
 #[cfg(unix)]
 type Hangup = Option<tokio::signal::unix::Signal>;
 #[cfg(not(unix))]

@@ -219,3 +219,43 @@ fn the_binary_reloads_its_rules_on_sighup_and_refuses_a_broken_file() {
         .status();
     let _ = child.wait();
 }
+
+/// With the built-in rules there is nothing to reload: SIGHUP is logged, and
+/// the daemon keeps running (the signal's default action would stop it).
+#[test]
+fn sighup_does_not_stop_a_daemon_on_built_in_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .arg("run")
+        .current_dir(dir.path())
+        .env("FAULTLINE_LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("FAULTLINE_RULES_DIR")
+        .env_remove("FAULTLINE_NATS_URL")
+        .env_remove("FAULTLINE_CLICKHOUSE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP stopped it");
+    assert_eq!(http(port, "GET", "/healthz", None, b"").0, 200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
