@@ -273,21 +273,6 @@ impl CatchUp {
     }
 }
 
-/// Runs the engine over a channel of validated events until the channel closes,
-/// sending every change to `changes`. Returns the engine's counters.
-pub async fn run_engine(
-    events: mpsc::Receiver<Event>,
-    rules: Arc<RuleSet>,
-    opts: EngineOptions,
-    clock: Clock,
-    changes: mpsc::Sender<Change>,
-    metrics: Arc<Metrics>,
-) -> EngineStats {
-    EngineLoop::new(rules, opts, clock, metrics)
-        .run(events, changes)
-        .await
-}
-
 /// What a store that keeps raw events and per-step aggregates (ClickHouse)
 /// hears from the engine loop. Both calls must return at once (hand off to a
 /// bounded buffer, drop and count when it is full): the engine never waits.

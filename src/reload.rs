@@ -145,11 +145,6 @@ impl Reloader {
             .clone()
     }
 
-    /// The rules in force.
-    pub fn rules(&self) -> Arc<RuleSet> {
-        self.live.get()
-    }
-
     /// Reads, validates and applies the folder now. `why` names the trigger in logs.
     pub async fn reload(&self, why: &str) -> Result<ReloadSummary, ReloadError> {
         let _one = self.gate.lock().await;

@@ -66,10 +66,8 @@ pub(super) async fn list(
     _auth: Authorized<Read>,
     State(state): State<AppState>,
 ) -> Result<Json<RulesView>, ApiError> {
-    let rules = match (&state.reloader, &state.rules) {
-        (Some(r), _) => r.rules(),
-        (None, Some(live)) => live.get(),
-        (None, None) => return Err(ApiError::NotFound("rule set (no engine runs here)")),
+    let Some(rules) = state.rules.as_ref().map(|live| live.get()) else {
+        return Err(ApiError::NotFound("rule set (no engine runs here)"));
     };
     let brief = rules
         .rules

@@ -83,3 +83,38 @@ impl Write for Captured {
         Ok(())
     }
 }
+
+/// Percent-encodes a query value.
+#[allow(dead_code)]
+pub fn q(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Every dimension filter of `GET /incidents` with each of `values`: a 200
+/// JSON page holding only the incidents whose value is exactly that text. The
+/// store holds `inc_b`, whose provider is the SQL-ish `' OR '1'='1`, and
+/// nothing else matching any of `values`.
+#[allow(dead_code)]
+pub fn assert_filters_match_exactly(port: u16, token: &str, values: &[&str]) {
+    for hostile in values {
+        for param in ["provider", "region", "rule", "kind", "bin", "merchant_id"] {
+            let path = format!("/incidents?{param}={}", q(hostile));
+            let (s, h, body) = http_full(port, "GET", &path, Some(token), b"");
+            assert_eq!(s, 200, "{param}={hostile}: {body}");
+            assert!(h.contains("content-type: application/json"), "{h}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let ids: Vec<&str> = v["incidents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap())
+                .collect();
+            let expected: &[&str] = if param == "provider" && *hostile == "' OR '1'='1" {
+                &["inc_b"]
+            } else {
+                &[]
+            };
+            assert_eq!(ids, expected, "{param}={hostile}");
+        }
+    }
+}
