@@ -52,6 +52,89 @@ pub struct App {
     engine: EngineHandle,
     /// Watches the rules folder, when the rules came from one.
     reloader: Option<(Arc<Reloader>, Duration)>,
+    /// This replica's roles, when `cluster.enabled` (then `nats` is unset).
+    cluster: Option<ClusterParts>,
+}
+
+/// A cluster replica's ingest and what its detector role needs.
+struct ClusterParts {
+    replica: crate::cluster::replica::Replica,
+    lease: async_nats::jetstream::kv::Store,
+    claims: async_nats::jetstream::kv::Store,
+    partials: async_nats::jetstream::stream::Stream,
+    node: String,
+    holder: String,
+    ttl: Duration,
+    replay_span: Duration,
+}
+
+/// Connects to the cluster's NATS (retrying a server that is not up yet) and
+/// creates what is missing: the partials stream, the lease and claims buckets,
+/// the shared consumer.
+async fn cluster_parts(
+    settings: &Settings,
+    span_ms: i64,
+    rules: Arc<LiveRules>,
+    metrics: Arc<Metrics>,
+    tap: Option<Arc<dyn pipeline::EngineTap>>,
+) -> anyhow::Result<ClusterParts> {
+    let url = settings.nats.url.as_deref().unwrap_or_default();
+    let c = &settings.cluster;
+    let node = c.node_name();
+    let boot = crate::cluster::boot_id();
+    // NATS may be down at start (a deploy racing its pods), and a cluster just
+    // started has no JetStream meta leader for a few seconds: the whole set-up
+    // is retried with backoff for a minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut wait = Duration::from_millis(250);
+    let replicas = settings.nats.replicas;
+    let (partials, lease, claims, replica) = loop {
+        let attempt = async {
+            let client = crate::ingest::nats::connect(url, Some(metrics.clone())).await?;
+            let js = async_nats::jetstream::new(client.clone());
+            let partials = crate::cluster::detector::ensure_partials(
+                &js,
+                &c.partials_stream,
+                &c.partials_subject,
+                c.partials_max_age.0,
+                replicas,
+            )
+            .await?;
+            let lease = crate::cluster::lease::bucket(&js, c.lease_ttl.0, replicas).await?;
+            let claims = crate::cluster::ledger::bucket(&js, replicas).await?;
+            let replica = crate::cluster::replica::Replica::new(
+                client,
+                settings,
+                &node,
+                &boot,
+                rules.clone(),
+                metrics.clone(),
+                tap.clone(),
+            )
+            .await?;
+            Ok::<_, crate::cluster::ClusterError>((partials, lease, claims, replica))
+        };
+        match attempt.await {
+            Ok(parts) => break parts,
+            Err(e) if std::time::Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, "NATS or JetStream not ready at start; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    tracing::info!(%node, "cluster replica ready");
+    Ok(ClusterParts {
+        replica,
+        lease,
+        claims,
+        partials,
+        holder: format!("{node}/{boot}"),
+        node,
+        ttl: c.lease_ttl.0,
+        replay_span: Duration::from_millis(span_ms.min(c.partials_max_age.ms()).max(0) as u64),
+    })
 }
 
 impl App {
@@ -140,18 +223,45 @@ impl App {
             dedupe_horizon_ms: settings.engine.dedupe_horizon.ms(),
             max_cells_per_rule: settings.engine.max_cells_per_rule,
         };
-        let (nats, catch_up) = if settings.nats.enabled() {
-            // Windows are rebuilt from the stream over the longest rule window
-            // plus the longest baseline warm-up, capped by what the stream keeps.
-            let span_ms = rules
+        // Windows are rebuilt from history over the longest rule window plus
+        // the longest baseline warm-up.
+        let span_ms = rules
+            .get()
+            .rules
+            .iter()
+            .map(|r| r.rule.window.ms() + r.rule.baseline.warmup.ms())
+            .max()
+            .unwrap_or(0);
+        let cluster = if settings.cluster.enabled {
+            // A new detector replays the (compact) counts over one baseline
+            // horizon more than a restart replays events, so its baselines are
+            // close to its predecessor's and open incidents come out the same.
+            let counts_span_ms = rules
                 .get()
                 .rules
                 .iter()
-                .map(|r| r.rule.window.ms() + r.rule.baseline.warmup.ms())
+                .map(|r| {
+                    r.rule.window.ms() + r.rule.baseline.warmup.ms() + r.rule.baseline.horizon.ms()
+                })
                 .max()
-                .unwrap_or(0)
-                .min(settings.nats.max_age.ms())
-                .max(0);
+                .unwrap_or(0);
+            Some(
+                cluster_parts(
+                    settings,
+                    counts_span_ms,
+                    rules.clone(),
+                    metrics.clone(),
+                    clickhouse.as_ref().map(|ch| ch.tap()),
+                )
+                .await
+                .context("cluster replica (cluster.enabled)")?,
+            )
+        } else {
+            None
+        };
+        let (nats, catch_up) = if settings.nats.enabled() && cluster.is_none() {
+            // Capped by what the stream keeps.
+            let span_ms = span_ms.min(settings.nats.max_age.ms()).max(0);
             let source = NatsSource::connect(
                 &settings.nats,
                 Duration::from_millis(span_ms as u64),
@@ -175,6 +285,7 @@ impl App {
                 metrics,
                 rules,
                 summary_deadline: settings.llm.deadline.0,
+                claims: None,
             },
             engine_opts,
             clock,
@@ -186,6 +297,7 @@ impl App {
             control,
             engine,
             reloader: None,
+            cluster,
         })
     }
 
@@ -259,8 +371,40 @@ impl App {
             clickhouse,
             control,
             reloader,
+            cluster,
             ..
         } = self;
+        if let Some(parts) = cluster {
+            let detector = crate::cluster::detector::Detector {
+                lease: parts.lease,
+                claims: parts.claims,
+                partials: parts.partials,
+                node: parts.node,
+                holder: parts.holder,
+                ttl: parts.ttl,
+                replay_span: parts.replay_span,
+                engine_opts,
+                clock,
+                outputs,
+                tap: clickhouse.as_ref().map(|ch| ch.tap()),
+                transition_capacity,
+            };
+            let served = run_replica(
+                parts.replica,
+                detector,
+                listener,
+                state,
+                events_rx,
+                control,
+                reloader,
+                shutdown,
+            )
+            .await;
+            if let Some(ch) = clickhouse {
+                ch.shutdown(SHUTDOWN_DEADLINE).await;
+            }
+            return served;
+        }
         let (changes_tx, changes_rx) = mpsc::channel(transition_capacity);
         let engine = tokio::spawn(
             EngineLoop::new(
@@ -329,6 +473,76 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Runs one cluster replica: its share of the ingest, the detector role
+/// (standby until it holds the lease) and the API, until `shutdown`; or until
+/// the detector lease is lost, which is an error (the process exits, and its
+/// supervisor starts it again as a standby).
+#[allow(clippy::too_many_arguments)]
+async fn run_replica(
+    replica: crate::cluster::replica::Replica,
+    detector: crate::cluster::detector::Detector,
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    events_rx: mpsc::Receiver<Event>,
+    control: mpsc::Receiver<pipeline::Control>,
+    reloader: Option<(Arc<Reloader>, Duration)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use crate::cluster::detector::Ended;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    match reloader {
+        Some((reloader, interval)) => {
+            tokio::spawn(reloader.watch(interval, stop_rx.clone()));
+        }
+        None => {
+            tokio::spawn(crate::reload::ignore_hangup(stop_rx.clone()));
+        }
+    }
+    let ingest = tokio::spawn(replica.run(events_rx, stop_rx.clone()));
+    let notifier = detector.outputs.notifier.clone();
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    let role = tokio::spawn(async move {
+        let ended = crate::cluster::detector::run(detector, control, stop_rx).await;
+        let failed = !matches!(ended, Ok(Ended::Stopped));
+        let _ = ended_tx.send(ended);
+        failed
+    });
+    let (failed_tx, mut failed_rx) = tokio::sync::oneshot::channel::<String>();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            ended = ended_rx => {
+                let why = match ended {
+                    Ok(Ok(Ended::LeaseLost)) => "lost the detector lease".to_string(),
+                    Ok(Err(e)) => format!("the detector role failed: {e}"),
+                    _ => "the detector role stopped".to_string(),
+                };
+                let _ = failed_tx.send(why);
+            }
+        }
+        let _ = stop_tx.send(true);
+    };
+    let served = api::serve(listener, state, stop).await;
+    for (what, task) in [("ingest", ingest)] {
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, task).await.is_err() {
+            tracing::warn!(
+                what,
+                "replica task did not stop before the shutdown deadline"
+            );
+        }
+    }
+    match tokio::time::timeout(SHUTDOWN_DEADLINE, role).await {
+        Ok(Ok(_)) => {}
+        _ => tracing::warn!("the detector role did not stop before the shutdown deadline"),
+    }
+    notifier.flush().await;
+    served.context("HTTP server failed")?;
+    if let Ok(why) = failed_rx.try_recv() {
+        anyhow::bail!("{why}; exiting so the supervisor starts this replica again as a standby");
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

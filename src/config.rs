@@ -91,6 +91,8 @@ pub struct Settings {
     pub engine: EngineSettings,
     /// The embedded in-memory store.
     pub store: StoreSettings,
+    /// Several replicas on one stream.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Settings {
@@ -107,7 +109,76 @@ impl Default for Settings {
             api: ApiSettings::default(),
             engine: EngineSettings::default(),
             store: StoreSettings::default(),
+            cluster: ClusterSettings::default(),
         }
+    }
+}
+
+/// `[cluster]`: several `faultline run` replicas sharing one stream, each
+/// counting a share of the events, one of them (elected with a lease in NATS
+/// KV) detecting on everyone's counts. Off (one process counts and detects)
+/// while `enabled` is false; needs `nats.url`. See `deploy/README.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// Run as one replica of a cluster.
+    pub enabled: bool,
+    /// This replica's name, unique in the cluster (`[A-Za-z0-9_-]`); unset:
+    /// `$HOSTNAME` (the pod name on Kubernetes), else `faultline-<pid>`.
+    pub node: Option<String>,
+    /// JetStream stream of the replicas' pre-aggregated counts, created if
+    /// missing with `nats.replicas` replicas.
+    pub partials_stream: String,
+    /// Subject prefix of the counts: each replica publishes on `<prefix>.<node>`.
+    pub partials_subject: String,
+    /// How long the partials stream keeps counts: at least the longest rule
+    /// window plus warm-up, which a new detector replays.
+    pub partials_max_age: Dur,
+    /// How often a replica publishes what it counted (then acks those events).
+    /// Keep it well below `engine.allowed_lateness`.
+    pub flush_interval: Dur,
+    /// How long the detector lease lasts without renewal: a standby takes over
+    /// at most this long (plus one renewal period) after the detector dies.
+    pub lease_ttl: Dur,
+    /// How long the server waits for a replica's ack before it redelivers an
+    /// event to another replica (a replica died before publishing its counts).
+    pub ack_wait: Dur,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            enabled: false,
+            node: None,
+            partials_stream: "FAULTLINE_PARTIALS".into(),
+            partials_subject: "faultline.partials".into(),
+            partials_max_age: Dur(Duration::from_secs(6 * 3600)),
+            flush_interval: Dur(Duration::from_millis(500)),
+            lease_ttl: Dur(Duration::from_secs(6)),
+            ack_wait: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// This replica's name: `node`, else `$HOSTNAME`, else `faultline-<pid>`,
+    /// with characters outside `[A-Za-z0-9_-]` replaced by `-`.
+    pub fn node_name(&self) -> String {
+        let raw = self
+            .node
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| format!("faultline-{}", std::process::id()));
+        raw.chars()
+            .take(64)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
     }
 }
 
@@ -829,6 +900,68 @@ impl Settings {
                 "must be longer than 0s",
             ));
         }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if !c.enabled {
+            return Ok(());
+        }
+        if !self.nats.enabled() {
+            return Err(ConfigError::invalid(
+                "cluster.enabled",
+                "replicas share a JetStream stream: set nats.url (FAULTLINE_NATS_URL)",
+            ));
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if let Some(node) = &c.node {
+            if !name_ok(node) {
+                return Err(ConfigError::invalid(
+                    "cluster.node",
+                    "must be 1 or more characters of [A-Za-z0-9_-]",
+                ));
+            }
+        }
+        if !name_ok(&c.partials_stream) || c.partials_stream == self.nats.stream {
+            return Err(ConfigError::invalid(
+                "cluster.partials_stream",
+                "must be 1 or more characters of [A-Za-z0-9_-], not the events stream",
+            ));
+        }
+        if c.partials_subject.is_empty()
+            || c.partials_subject.contains(['*', '>', ' '])
+            || c.partials_subject.starts_with('.')
+            || c.partials_subject.ends_with('.')
+        {
+            return Err(ConfigError::invalid(
+                "cluster.partials_subject",
+                "must be a subject prefix without wildcards, e.g. faultline.partials",
+            ));
+        }
+        if c.flush_interval.0.is_zero() || c.flush_interval.0 >= self.engine.allowed_lateness.0 {
+            return Err(ConfigError::invalid(
+                "cluster.flush_interval",
+                "must be longer than 0s and shorter than engine.allowed_lateness \
+                 (counts published later than that arrive late at the detector)",
+            ));
+        }
+        if c.lease_ttl.0 < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "cluster.lease_ttl",
+                "must be at least 1s",
+            ));
+        }
+        if c.ack_wait.0 < Duration::from_secs(1) || c.partials_max_age.0 < Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "cluster.ack_wait",
+                "ack_wait must be at least 1s and partials_max_age at least 60s",
+            ));
+        }
         Ok(())
     }
 }
@@ -1082,6 +1215,43 @@ mod tests {
         assert_eq!(s.api.tokens[1].name, "ci");
         assert_eq!(s.api.tokens[1].secret.expose_secret(), "in:ge:st");
         assert_eq!(s.api.tokens[1].scope, Scope::Ingest);
+    }
+
+    #[test]
+    fn a_cluster_needs_nats_and_sane_timings() {
+        let load = |toml: &str, nats: bool| {
+            let env: &[(&str, &str)] = if nats {
+                &[("FAULTLINE_NATS_URL", "nats://a:4222,nats://b:4222")]
+            } else {
+                &[]
+            };
+            Settings::load_from(toml, env_of(env))
+        };
+        let ok = load("[cluster]\nenabled = true\nnode = \"r-1\"\n", true).unwrap();
+        assert_eq!(ok.cluster.node_name(), "r-1");
+        let no_nats = load("[cluster]\nenabled = true\n", false).unwrap_err();
+        assert!(no_nats.to_string().contains("cluster.enabled"), "{no_nats}");
+        let slow = load(
+            "[cluster]\nenabled = true\nflush_interval = \"30s\"\n",
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            slow.to_string().contains("cluster.flush_interval"),
+            "{slow}"
+        );
+        let bad_node = load("[cluster]\nenabled = true\nnode = \"a b\"\n", true).unwrap_err();
+        assert!(bad_node.to_string().contains("cluster.node"), "{bad_node}");
+        let same = load(
+            "[cluster]\nenabled = true\npartials_stream = \"PAYMENTS\"\n",
+            true,
+        )
+        .unwrap_err();
+        assert!(same.to_string().contains("partials_stream"), "{same}");
+        // Off, nothing is checked.
+        assert!(load("[cluster]\nflush_interval = \"1h\"\n", false).is_ok());
+        let unknown = load("[cluster]\nenabeld = true\n", true).unwrap_err();
+        assert!(unknown.to_string().contains("enabeld"), "{unknown}");
     }
 
     #[test]

@@ -318,6 +318,65 @@ impl Engine {
         Ok(())
     }
 
+    /// The position of rule `name` in the engine, for [`Engine::ingest_counts`].
+    pub fn rule_index(&self, name: &str) -> Option<usize> {
+        self.rules.iter().position(|r| r.rule.rule.name == name)
+    }
+
+    /// The step length and dimension count of the rule at `index`.
+    pub fn rule_shape(&self, index: usize) -> Option<(i64, usize)> {
+        self.rules
+            .get(index)
+            .map(|r| (r.step_ms, r.rule.dims.len()))
+    }
+
+    /// Counts one cell's pre-aggregated step (a replica's share, see
+    /// [`crate::cluster::partial`]): `attempts` and `failures` of rule `index`
+    /// at `step` (epoch ms / the rule's step) for the cell of `values`, in the
+    /// rule's dimension order. Counts for a step already evaluated are late.
+    /// Time does not move: call [`Engine::observe`] with the sender's newest
+    /// event time once the batch is counted.
+    pub fn ingest_counts(
+        &mut self,
+        index: usize,
+        values: &[Option<&str>],
+        step: i64,
+        attempts: u32,
+        failures: u32,
+    ) -> Result<(), Skip> {
+        let Some(rs) = self.rules.get_mut(index) else {
+            return Err(Skip::Late);
+        };
+        if rs.next_step.is_some_and(|next| step < next) {
+            self.stats.late += u64::from(attempts);
+            return Err(Skip::Late);
+        }
+        let mut key: Key = [0; MAX_DIMS];
+        for (slot, v) in key.iter_mut().zip(values.iter().take(rs.rule.dims.len())) {
+            *slot = self.interner.intern(*v);
+        }
+        rs.cells
+            .add_counts(key, step, attempts, failures.min(attempts));
+        if rs.first_step.is_none() {
+            rs.first_step = Some(step);
+            rs.next_step = Some(step);
+            self.next_due_ms = self.next_due_ms.min((step + 1) * rs.step_ms);
+        }
+        self.stats.accepted += u64::from(attempts);
+        Ok(())
+    }
+
+    /// A sender's newest event time: moves the watermark as an event stamped
+    /// `ts_ms` would, evaluating every step it passes.
+    pub fn observe(&mut self, ts_ms: i64, out: &mut Vec<Change>) {
+        if ts_ms > self.max_ts {
+            self.max_ts = ts_ms;
+            if self.watermark() >= self.next_due_ms {
+                self.evaluate_due(self.watermark(), out);
+            }
+        }
+    }
+
     /// Moves the watermark to `watermark_ms` even without events (a silent stream
     /// still has time passing), evaluating every step it passes.
     pub fn advance_to(&mut self, watermark_ms: i64, out: &mut Vec<Change>) {

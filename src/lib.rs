@@ -25,6 +25,8 @@
 //! - [`demo`]: `faultline demo`, the pipeline on generated traffic in accelerated time.
 //! - [`eval`]: labelled scenarios scored against the incidents they produce.
 //! - [`backtest`]: a rule set over recorded events, and the diff between two rule sets.
+//! - [`cluster`]: replicas sharing a stream: pre-aggregated counts, the leased detector,
+//!   notification claims.
 //! - [`explain`]: why an element did or did not fire at one step (`faultline explain`).
 #![forbid(unsafe_code)]
 
@@ -32,6 +34,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod backtest;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod detect;

@@ -44,6 +44,11 @@ pub struct Metrics {
     store_buffer_depth: AtomicU64,
     rules_reloads: Labeled,
     rules_loaded: AtomicU64,
+    cluster_partials_published: AtomicU64,
+    cluster_partial_events: Labeled,
+    cluster_leader: AtomicU64,
+    cluster_leaderships: AtomicU64,
+    cluster_claims: Labeled,
 }
 
 /// A counter with one label, bounded to [`MAX_REASONS`] values (further values
@@ -283,6 +288,50 @@ impl Metrics {
         self.rules_loaded.store(n, Ordering::Relaxed);
     }
 
+    /// A replica published one partial message.
+    pub fn partial_published(&self) {
+        self.cluster_partials_published
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The detector counted replicas' partials: events counted, events in
+    /// steps already evaluated, cells of rules it defines differently.
+    pub fn partial_fed(&self, accepted: u64, late: u64, mismatched: u64) {
+        for (what, n) in [
+            ("counted", accepted),
+            ("late", late),
+            ("mismatched_cells", mismatched),
+        ] {
+            if n > 0 {
+                self.cluster_partial_events.add(what, n);
+            }
+        }
+    }
+
+    /// Whether this replica holds the detector lease now.
+    pub fn set_cluster_leader(&self, leader: bool) {
+        self.cluster_leader.store(leader as u64, Ordering::Relaxed);
+        if leader {
+            self.cluster_leaderships.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this replica is the detector now.
+    pub fn cluster_leader(&self) -> bool {
+        self.cluster_leader.load(Ordering::Relaxed) == 1
+    }
+
+    /// One notification claim, by result: `won`, `taken_over`, `done_before`,
+    /// `in_flight`, `unavailable`.
+    pub fn cluster_claim(&self, result: &str) {
+        self.cluster_claims.add(result, 1);
+    }
+
+    /// Notification claims so far, by result.
+    pub fn cluster_claims(&self) -> BTreeMap<String, u64> {
+        self.cluster_claims.snapshot()
+    }
+
     /// LLM requests so far, by outcome.
     pub fn llm_calls(&self) -> BTreeMap<String, u64> {
         self.llm_calls.snapshot()
@@ -497,6 +546,36 @@ impl Metrics {
             "faultline_rules_loaded",
             "Rules in force.",
             get(&self.rules_loaded),
+        );
+        counter(
+            &mut out,
+            "faultline_cluster_partials_published_total",
+            "Partial-count messages this replica published on the partials stream.",
+            get(&self.cluster_partials_published),
+        );
+        self.cluster_partial_events.render(
+            &mut out,
+            "faultline_cluster_partial_events_total",
+            "what",
+            "On the detector: events in replicas' partials, by what became of them.",
+        );
+        gauge(
+            &mut out,
+            "faultline_cluster_leader",
+            "1 while this replica holds the detector lease.",
+            get(&self.cluster_leader),
+        );
+        counter(
+            &mut out,
+            "faultline_cluster_leaderships_total",
+            "Times this replica took the detector lease.",
+            get(&self.cluster_leaderships),
+        );
+        self.cluster_claims.render(
+            &mut out,
+            "faultline_cluster_claims_total",
+            "result",
+            "Notification claims in the KV ledger, by result.",
         );
         out
     }

@@ -201,6 +201,9 @@ pub struct Outputs {
     /// template's; a summary arriving later is applied in place
     /// ([`Notifier::summary_updated`](crate::notify::Notifier::summary_updated)).
     pub summary_deadline: Duration,
+    /// On a cluster's detector: every notification is claimed here first, so
+    /// a takeover never repeats one ([`crate::cluster::ledger`]).
+    pub claims: Option<Arc<crate::cluster::ledger::Ledger>>,
 }
 
 /// How far ahead of the wall clock an event may be stamped (clock skew) in
@@ -391,10 +394,12 @@ impl EngineLoop {
     }
 
     /// Runs until `events` closes, sending every change to `changes`.
-    /// Returns the engine's counters.
-    pub async fn run(
+    /// Returns the engine's counters. `events` are validated events, or the
+    /// replicas' pre-aggregated counts on a cluster's detector
+    /// ([`crate::cluster::partial::Partial`]).
+    pub async fn run<T: Feed>(
         self,
-        mut events: mpsc::Receiver<Event>,
+        mut events: mpsc::Receiver<T>,
         changes: mpsc::Sender<Change>,
     ) -> EngineStats {
         let EngineLoop {
@@ -422,23 +427,14 @@ impl EngineLoop {
                         break;
                     }
                     let now = chrono::Utc::now().timestamp_millis();
-                    for ev in buf.drain(..) {
-                        // On the wall clock, one event stamped far in the future would
-                        // drag the watermark along and make every later event late.
-                        if clock == Clock::Wall && ev.ts_ms > now + MAX_FUTURE_MS {
-                            metrics.event_rejected("future_ts");
-                            continue;
-                        }
-                        match engine.ingest(&ev, &mut out) {
-                            Ok(()) => {
-                                metrics.event_accepted();
-                                if tap.is_some() {
-                                    counted.push(ev);
-                                }
-                            }
-                            Err(Skip::Duplicate) => metrics.event_duplicate(),
-                            Err(Skip::Late) => metrics.event_late(),
-                        }
+                    let ctx = FeedCtx {
+                        clock,
+                        now,
+                        metrics: &metrics,
+                        keep: tap.is_some(),
+                    };
+                    for item in buf.drain(..) {
+                        item.feed(&mut engine, &ctx, &mut out, &mut counted);
                     }
                 }
                 _ = tick.tick(), if clock == Clock::Wall => {
@@ -469,6 +465,77 @@ impl EngineLoop {
             }
         }
         engine.stats().clone()
+    }
+}
+
+/// What the engine loop passes to each [`Feed`] item.
+pub struct FeedCtx<'a> {
+    /// The loop's clock.
+    pub clock: Clock,
+    /// Wall time of the batch, epoch ms.
+    pub now: i64,
+    /// Counters.
+    pub metrics: &'a Metrics,
+    /// Whether counted events are kept for the tap.
+    pub keep: bool,
+}
+
+/// What the engine loop consumes: events, or pre-aggregated counts.
+pub trait Feed: Send + 'static {
+    /// Counts `self` into `engine`; counted events go to `counted` when
+    /// `ctx.keep`.
+    fn feed(
+        self,
+        engine: &mut Engine,
+        ctx: &FeedCtx<'_>,
+        out: &mut Vec<Change>,
+        counted: &mut Vec<Event>,
+    );
+}
+
+impl Feed for Event {
+    fn feed(
+        self,
+        engine: &mut Engine,
+        ctx: &FeedCtx<'_>,
+        out: &mut Vec<Change>,
+        counted: &mut Vec<Event>,
+    ) {
+        // On the wall clock, one event stamped far in the future would
+        // drag the watermark along and make every later event late.
+        if ctx.clock == Clock::Wall && self.ts_ms > ctx.now + MAX_FUTURE_MS {
+            ctx.metrics.event_rejected("future_ts");
+            return;
+        }
+        match engine.ingest(&self, out) {
+            Ok(()) => {
+                ctx.metrics.event_accepted();
+                if ctx.keep {
+                    counted.push(self);
+                }
+            }
+            Err(Skip::Duplicate) => ctx.metrics.event_duplicate(),
+            Err(Skip::Late) => ctx.metrics.event_late(),
+        }
+    }
+}
+
+impl Feed for crate::cluster::partial::Partial {
+    fn feed(
+        mut self,
+        engine: &mut Engine,
+        ctx: &FeedCtx<'_>,
+        out: &mut Vec<Change>,
+        _: &mut Vec<Event>,
+    ) {
+        // A replica's clock far ahead would drag the watermark as a future event does.
+        if ctx.clock == Clock::Wall && self.max_ts.is_some_and(|t| t > ctx.now + MAX_FUTURE_MS) {
+            ctx.metrics.event_rejected("future_ts");
+            self.max_ts = None;
+        }
+        let fed = crate::cluster::partial::Partial::feed(&self, engine, out);
+        ctx.metrics
+            .partial_fed(fed.accepted, fed.late, fed.mismatched);
     }
 }
 
@@ -638,6 +705,32 @@ async fn handle_change(
         mut timeline,
         point,
     } = change;
+    // On a cluster, an incident re-derived after a takeover keeps the id it
+    // was posted with, and a change another detector term already notified
+    // is quiet.
+    let transition = match &o.claims {
+        Some(claims) => claims.adopt(transition).await,
+        None => transition,
+    };
+    let mut quiet = quiet;
+    let mut claimed = None;
+    if let (true, false, Some(claims)) = (notify, quiet, &o.claims) {
+        let key = crate::cluster::ledger::key_of(&transition);
+        match claims.claim(&key).await {
+            crate::cluster::ledger::Claim::Notify { key, revision } => {
+                claimed = Some((claims.clone(), key, revision));
+            }
+            crate::cluster::ledger::Claim::Unclaimed => {}
+            crate::cluster::ledger::Claim::Quiet => {
+                quiet = true;
+                if let Transition::Resolved(i) = &transition {
+                    // Notified by a former term, which may have died before
+                    // ending the episode.
+                    claims.end_episode(&i.id).await;
+                }
+            }
+        }
+    }
     let mut incident = transition.incident().clone();
     let span = tracing::info_span!("incident", incident_id = %incident.id, rule = %incident.rule);
     let _enter = span.enter();
@@ -721,6 +814,19 @@ async fn handle_change(
             tracing::error!(error = %e, "notifying failed");
         }
     }
+    if let Some((claims, key, revision)) = claimed {
+        // Done once the notifier delivered it (Slack queues): a detector that
+        // dies before leaves the claim pending for the next one to take over.
+        let notifier = o.notifier.clone();
+        let ended = matches!(transition, Transition::Resolved(_)).then(|| incident.id.clone());
+        tokio::spawn(async move {
+            notifier.flush().await;
+            claims.done(&key, revision).await;
+            if let Some(id) = ended {
+                claims.end_episode(&id).await;
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -788,6 +894,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             rules: Arc::new(crate::reload::LiveRules::new(RuleSet::embedded())),
             summary_deadline: Duration::from_millis(deadline_ms),
+            claims: None,
         };
         let (tx, rx) = mpsc::channel(4);
         tx.send(Change {

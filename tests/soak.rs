@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::http::http;
+use common::http::metric;
 use common::nats_server::NatsServer;
 
 fn env_or(name: &str, default: f64) -> f64 {
@@ -38,17 +38,6 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-/// A gauge or counter's value from `/metrics`.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let (status, body) = http(port, "GET", "/metrics", None, b"");
-    if status != 200 {
-        return None;
-    }
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 struct Killed(Child);

@@ -106,7 +106,8 @@ pub enum NatsError {
     },
 }
 
-/// Connects to `url`, reporting connection state into `metrics` when given.
+/// Connects to `url` (one server, or a cluster's servers separated by commas),
+/// reporting connection state into `metrics` when given.
 pub async fn connect(
     url: &str,
     metrics: Option<Arc<Metrics>>,
@@ -132,10 +133,19 @@ pub async fn connect(
             }
         });
     }
-    let client = opts.connect(url).await.map_err(|e| NatsError::Connect {
-        url: mask_userinfo(url),
-        message: e.to_string(),
-    })?;
+    // A cluster is given as a comma-separated list of its servers.
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let client = opts
+        .connect(servers)
+        .await
+        .map_err(|e| NatsError::Connect {
+            url: mask_userinfo(url),
+            message: e.to_string(),
+        })?;
     if let Some(m) = metrics {
         m.set_nats_connected(true);
     }
@@ -458,34 +468,13 @@ impl NatsSource {
         Some(last)
     }
 
-    /// Re-publishes a rejected message with its reason. The payload is passed
-    /// through the card-number redaction (CONTRACT: card data never reaches
-    /// NATS); an oversized payload is not re-published at all, only its headers
-    /// (the original stays in the stream at the sequence given).
     async fn dead_letter(
         &self,
         msg: &jetstream::Message,
         rej: Rejection,
         seq: u64,
     ) -> Result<(), NatsError> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(REASON_HEADER, rej.reason().as_ref());
-        headers.insert(SUBJECT_HEADER, msg.subject.as_str());
-        headers.insert(SEQUENCE_HEADER, seq.to_string().as_str());
-        headers.insert("Faultline-Stream", self.settings.stream.as_str());
-        let payload: Vec<u8> = if msg.payload.len() > MAX_EVENT_BYTES {
-            Vec::new()
-        } else {
-            let text = String::from_utf8_lossy(&msg.payload);
-            crate::redact::redact(&text).into_owned().into_bytes()
-        };
-        self.client
-            .publish_with_headers(DEADLETTER_SUBJECT, headers, payload.into())
-            .await
-            .map_err(|e| NatsError::Publish {
-                subject: DEADLETTER_SUBJECT.into(),
-                message: e.to_string(),
-            })
+        dead_letter(&self.client, &self.settings.stream, msg, rej, seq).await
     }
 
     /// Replays `now - replay_span` .. the last message the durable consumer had
@@ -599,6 +588,37 @@ impl NatsSource {
         );
         Ok(backlog)
     }
+}
+
+/// Re-publishes a rejected message with its reason. The payload is passed
+/// through the card-number redaction (CONTRACT: card data never reaches
+/// NATS); an oversized payload is not re-published at all, only its headers
+/// (the original stays in `stream` at the sequence given).
+pub(crate) async fn dead_letter(
+    client: &async_nats::Client,
+    stream: &str,
+    msg: &jetstream::Message,
+    rej: Rejection,
+    seq: u64,
+) -> Result<(), NatsError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(REASON_HEADER, rej.reason().as_ref());
+    headers.insert(SUBJECT_HEADER, msg.subject.as_str());
+    headers.insert(SEQUENCE_HEADER, seq.to_string().as_str());
+    headers.insert("Faultline-Stream", stream);
+    let payload: Vec<u8> = if msg.payload.len() > MAX_EVENT_BYTES {
+        Vec::new()
+    } else {
+        let text = String::from_utf8_lossy(&msg.payload);
+        crate::redact::redact(&text).into_owned().into_bytes()
+    };
+    client
+        .publish_with_headers(DEADLETTER_SUBJECT, headers, payload.into())
+        .await
+        .map_err(|e| NatsError::Publish {
+            subject: DEADLETTER_SUBJECT.into(),
+            message: e.to_string(),
+        })
 }
 
 /// Waits (bounded) until the engine took every event sent so far: once the

@@ -125,14 +125,20 @@ impl Cell {
 
     /// Adds one attempt at `step`. False when the step is outside the ring (too old).
     pub fn add(&mut self, step: i64, failure: bool) -> bool {
+        self.add_counts(step, 1, failure as u32)
+    }
+
+    /// Adds `attempts` and `failures` at `step` (a replica's pre-aggregated
+    /// share). False when the step is outside the ring (too old).
+    pub fn add_counts(&mut self, step: i64, attempts: u32, failures: u32) -> bool {
         self.roll_to(step);
         let len = self.ring.len() as i64;
         if step <= self.head - len {
             return false;
         }
         let b = &mut self.ring[step.rem_euclid(len) as usize];
-        b.n = b.n.saturating_add(1);
-        b.f = b.f.saturating_add(failure as u32);
+        b.n = b.n.saturating_add(attempts);
+        b.f = b.f.saturating_add(failures);
         true
     }
 
@@ -207,6 +213,15 @@ impl Cells {
             .entry(key)
             .or_insert_with(|| Cell::new(ring_len, step))
             .add(step, failure)
+    }
+
+    /// Counts `attempts` with `failures` among them at once.
+    pub fn add_counts(&mut self, key: Key, step: i64, attempts: u32, failures: u32) -> bool {
+        let ring_len = self.ring_len;
+        self.map
+            .entry(key)
+            .or_insert_with(|| Cell::new(ring_len, step))
+            .add_counts(step, attempts, failures)
     }
 
     /// Active cells.

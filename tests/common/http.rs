@@ -118,3 +118,15 @@ pub fn assert_filters_match_exactly(port: u16, token: &str, values: &[&str]) {
         }
     }
 }
+
+/// A gauge or counter's value from `/metrics` of the daemon on `port`, when it
+/// answers. `name` includes labels, e.g. `faultline_x_total{result="ok"}`.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let (status, body) = http(port, "GET", "/metrics", None, b"");
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

@@ -15,6 +15,8 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+    /// Cluster arguments (name, routes), empty for a lone server.
+    extra: Vec<String>,
 }
 
 fn find_binary() -> PathBuf {
@@ -62,9 +64,57 @@ impl NatsServer {
             port: free_port(),
             store: tempfile::tempdir().expect("a temporary folder"),
             child: None,
+            extra: Vec::new(),
         };
         s.spawn();
         s
+    }
+
+    /// `n` JetStream servers routed into one cluster on loopback. JetStream
+    /// needs a meta leader before streams can be made: clients retry.
+    pub fn cluster(n: usize) -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<NatsServer> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| NatsServer {
+                bin: find_binary(),
+                port: free_port(),
+                store: tempfile::tempdir().expect("a temporary folder"),
+                child: None,
+                extra: vec![
+                    "--name".into(),
+                    format!("n{}", i + 1),
+                    "--cluster_name".into(),
+                    "faultline-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".into(),
+                    route_list.clone(),
+                ],
+            })
+            .collect();
+        for s in &mut servers {
+            s.spawn();
+        }
+        servers
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts it again after [`NatsServer::kill`] (same port, store and routes).
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
     }
 
     /// A server with a port and a store folder, not running yet
@@ -75,6 +125,7 @@ impl NatsServer {
             port: free_port(),
             store: tempfile::tempdir().expect("a temporary folder"),
             child: None,
+            extra: Vec::new(),
         }
     }
 
@@ -108,6 +159,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

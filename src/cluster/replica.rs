@@ -1,0 +1,367 @@
+//! A replica's share of the ingest: the shared durable consumer, counting, and
+//! publishing the counts before acking the events.
+//!
+//! Every replica pulls from the same durable consumer ([`DURABLE`]), so the
+//! server hands each event to one of them. A replica validates and counts its
+//! events ([`PreAggregator`]), holds their acks, and every
+//! `cluster.flush_interval` publishes what it counted on
+//! `<partials_subject>.<node>` (JetStream, with a `Nats-Msg-Id`, awaiting the
+//! stream's ack) and only then acks the events it covered. So:
+//!
+//! - a replica killed before it published: its events were never acked and the
+//!   server redelivers them (after `cluster.ack_wait`) to the replicas left;
+//! - a replica killed after it published but before every ack went out: those
+//!   events are redelivered and counted a second time (the window between
+//!   publish and acks is one round trip; counted, not lost);
+//! - a publish that fails: the events are not acked, the counts are dropped,
+//!   and the redelivered events are counted again elsewhere.
+//!
+//! Events posted over HTTP to a replica are counted the same way (no ack to hold).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::{FutureExt as _, StreamExt};
+use tokio::sync::{mpsc, watch};
+
+use super::partial::{PreAggregator, MAX_CELLS_PER_MESSAGE};
+use super::ClusterError;
+use crate::config::Settings;
+use crate::event::{self, Event};
+use crate::metrics::Metrics;
+use crate::pipeline::EngineTap;
+use crate::reload::LiveRules;
+
+/// The durable consumer every replica shares.
+pub const DURABLE: &str = "faultline-replicas";
+/// Tries per partial message before its events are left to redelivery.
+const PUBLISH_ATTEMPTS: usize = 4;
+/// How long one try waits for the stream's ack.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One replica's ingest.
+pub struct Replica {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    consumer: consumer::PullConsumer,
+    stream: String,
+    subject: String,
+    flush_every: Duration,
+    batch_size: usize,
+    max_deliver: i64,
+    agg: PreAggregator,
+    rules: Arc<LiveRules>,
+    metrics: Arc<Metrics>,
+    tap: Option<Arc<dyn EngineTap>>,
+    /// `node-boot`: with the flush number, the `Nats-Msg-Id` of each message.
+    msg_id_prefix: String,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("subject", &self.subject)
+            .field("agg", &self.agg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Binds the shared durable consumer on the events stream (created if
+    /// missing).
+    pub async fn new(
+        client: async_nats::Client,
+        settings: &Settings,
+        node: &str,
+        boot: &str,
+        rules: Arc<LiveRules>,
+        metrics: Arc<Metrics>,
+        tap: Option<Arc<dyn EngineTap>>,
+    ) -> Result<Replica, ClusterError> {
+        let js = jetstream::new(client.clone());
+        let stream = crate::ingest::nats::ensure_stream(&js, &settings.nats).await?;
+        let c = &settings.cluster;
+        let flush_events = (settings.nats.batch_size as i64).max(1000);
+        let consumer = stream
+            .get_or_create_consumer(
+                DURABLE,
+                consumer::pull::Config {
+                    durable_name: Some(DURABLE.into()),
+                    description: Some("faultline replicas, each counting a share".into()),
+                    // A new cluster starts with what is published from now on
+                    // (no replica rebuilds windows from events: the detector
+                    // rebuilds from the counts).
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: c.ack_wait.0,
+                    max_deliver: settings.nats.max_deliver,
+                    // Acks are held for a flush interval: room for a few
+                    // intervals at a high rate on every replica.
+                    max_ack_pending: (flush_events * 200).max(200_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| {
+                ClusterError::Nats(crate::ingest::nats::NatsError::Consumer {
+                    consumer: DURABLE.into(),
+                    message: e.to_string(),
+                })
+            })?;
+        let live = rules.get();
+        Ok(Replica {
+            client,
+            js,
+            consumer,
+            stream: settings.nats.stream.clone(),
+            subject: format!("{}.{node}", c.partials_subject),
+            flush_every: c.flush_interval.0,
+            batch_size: settings.nats.batch_size.max(1),
+            max_deliver: settings.nats.max_deliver,
+            agg: PreAggregator::new(live, node, settings.engine.dedupe_horizon.ms()),
+            rules,
+            metrics,
+            tap,
+            msg_id_prefix: format!("{node}-{boot}"),
+        })
+    }
+
+    /// Counts events from the stream and from `http` until `stop`, publishing
+    /// every flush interval; publishes once more before it returns.
+    pub async fn run(mut self, mut http: mpsc::Receiver<Event>, mut stop: watch::Receiver<bool>) {
+        let mut held: Vec<jetstream::Message> = Vec::new();
+        let mut flush = tokio::time::interval(self.flush_every);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut messages: Option<consumer::pull::Stream> = None;
+        let mut last_lag = Instant::now();
+        let mut http_open = true;
+        let mut parsed = Vec::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let live = match messages.as_mut() {
+                Some(m) => m,
+                None => match self
+                    .consumer
+                    .stream()
+                    .max_messages_per_batch(self.batch_size)
+                    .expires(Duration::from_secs(5))
+                    .heartbeat(Duration::from_secs(2))
+                    .messages()
+                    .await
+                {
+                    Ok(m) => messages.insert(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "NATS pull failed; retrying");
+                        tokio::select! {
+                            _ = stop.changed() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                        }
+                        continue;
+                    }
+                },
+            };
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = flush.tick() => {
+                    self.flush(&mut held).await;
+                    if last_lag.elapsed() >= Duration::from_secs(1) {
+                        last_lag = Instant::now();
+                        if let Ok(info) = self.consumer.info().await {
+                            self.metrics.set_nats_pending(info.num_pending);
+                        }
+                    }
+                }
+                ev = http.recv(), if http_open => match ev {
+                    Some(ev) => self.count(ev, &mut parsed),
+                    None => http_open = false,
+                },
+                next = live.next() => {
+                    let mut next = next;
+                    let mut n = 0;
+                    // Messages the client already holds join this one.
+                    loop {
+                        match next {
+                            Some(Ok(msg)) => {
+                                self.take_message(msg, &mut held, &mut parsed).await;
+                                n += 1;
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "NATS pull interrupted; pulling again");
+                                if matches!(
+                                    e.kind(),
+                                    consumer::pull::MessagesErrorKind::ConsumerDeleted
+                                        | consumer::pull::MessagesErrorKind::RequestLimitExceeded
+                                ) {
+                                    messages = None;
+                                }
+                                break;
+                            }
+                            None => {
+                                messages = None;
+                                break;
+                            }
+                        }
+                        if n >= self.batch_size {
+                            break;
+                        }
+                        let Some(live) = messages.as_mut() else { break };
+                        match live.next().now_or_never() {
+                            Some(m) => next = m,
+                            None => break,
+                        }
+                    }
+                    if let Some(tap) = &self.tap {
+                        if !parsed.is_empty() {
+                            tap.events(&parsed, false);
+                        }
+                    }
+                    parsed.clear();
+                }
+            }
+        }
+        // What was counted goes out (and its events are acked) before the exit.
+        while let Ok(ev) = http.try_recv() {
+            self.count(ev, &mut parsed);
+        }
+        self.flush(&mut held).await;
+        tracing::info!("replica ingest stopped");
+    }
+
+    fn count(&mut self, ev: Event, parsed: &mut Vec<Event>) {
+        match self.agg.add(&ev) {
+            Ok(()) => {
+                if self.tap.is_some() {
+                    parsed.push(ev);
+                }
+            }
+            Err(_) => self.metrics.event_duplicate(),
+        }
+    }
+
+    async fn take_message(
+        &mut self,
+        msg: jetstream::Message,
+        held: &mut Vec<jetstream::Message>,
+        parsed: &mut Vec<Event>,
+    ) {
+        self.metrics.event_received();
+        match event::parse(&msg.payload) {
+            Ok(ev) => {
+                self.count(ev, parsed);
+                held.push(msg);
+            }
+            Err(rej) => {
+                let reason = rej.reason();
+                self.metrics.event_rejected(&reason);
+                let (seq, delivered) = match msg.info() {
+                    Ok(info) => (info.stream_sequence, info.delivered),
+                    Err(_) => (0, 1),
+                };
+                let acked = match crate::ingest::nats::dead_letter(
+                    &self.client,
+                    &self.stream,
+                    &msg,
+                    rej,
+                    seq,
+                )
+                .await
+                {
+                    Ok(()) => msg.ack().await,
+                    Err(e) if delivered < self.max_deliver => {
+                        tracing::warn!(error = %e, seq, "dead-lettering failed");
+                        msg.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, seq, "giving up on a message after max_deliver deliveries");
+                        msg.ack().await
+                    }
+                };
+                if let Err(e) = acked {
+                    tracing::warn!(error = %e, "NATS ack failed; the message will be redelivered");
+                }
+            }
+        }
+    }
+
+    /// Publishes what was counted, then acks the events it covers.
+    async fn flush(&mut self, held: &mut Vec<jetstream::Message>) {
+        let live = self.rules.get();
+        let rules_changed = !Arc::ptr_eq(&live, self.agg.rules());
+        if self.agg.is_empty() && held.is_empty() {
+            if rules_changed {
+                self.agg.set_rules(live);
+            }
+            return;
+        }
+        let partial = self.agg.take();
+        if rules_changed {
+            self.agg.set_rules(live);
+        }
+        let seq = partial.seq;
+        let mut published = true;
+        for (i, part) in partial.split(MAX_CELLS_PER_MESSAGE).into_iter().enumerate() {
+            let body = match serde_json::to_vec(&part) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding counts failed");
+                    published = false;
+                    break;
+                }
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}-{seq}-{i}", self.msg_id_prefix).as_str(),
+            );
+            // Retried with the same message id: the stream keeps one copy
+            // whichever attempt landed (its duplicate window). A NATS node
+            // going down takes a few seconds of stream leader election.
+            let body = bytes::Bytes::from(body);
+            let mut outcome = Err(String::new());
+            for attempt in 0..PUBLISH_ATTEMPTS {
+                let sent = async {
+                    self.js
+                        .publish_with_headers(self.subject.clone(), headers.clone(), body.clone())
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                outcome = match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err("timed out".into()),
+                };
+                if outcome.is_ok() {
+                    break;
+                }
+                if attempt + 1 < PUBLISH_ATTEMPTS {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            match outcome {
+                Ok(()) => self.metrics.partial_published(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "publishing counts failed; their events will be redelivered");
+                    published = false;
+                    break;
+                }
+            }
+        }
+        if !published {
+            // Not acked: the server redelivers them once ack_wait passes.
+            held.clear();
+            return;
+        }
+        for msg in held.drain(..) {
+            self.metrics.event_accepted();
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "NATS ack failed; the event will be redelivered");
+            }
+        }
+    }
+}
