@@ -57,12 +57,12 @@ fn main() -> anyhow::Result<()> {
     let nats_pids: Vec<u32> = nats_pids(&servers);
     for (run, &k) in counts.iter().enumerate() {
         let stream = format!("BENCH{run}");
-        let subject = format!("bench{run}");
         // JetStream needs its meta leader first: retry the publish.
         let load = faultline::ingest::nats::LoadArgs {
             nats: urls[0].clone(),
             stream: stream.clone(),
-            subject: format!("{subject}.events"),
+            // The stream takes `payments.>` (deleted after each run).
+            subject: "payments.events".into(),
             seed: 7,
             duration: "1h".into(),
             events_per_sec: events as f64 * 1.03 / 3600.0,
@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
             match rt.block_on(faultline::ingest::nats::load_command(&load)) {
                 Ok(_) => break,
                 Err(e) if Instant::now() < deadline => {
-                    eprintln!("publish not ready ({e}); retrying");
+                    eprintln!("publish not ready ({e:#}); retrying");
                     std::thread::sleep(Duration::from_secs(1));
                 }
                 Err(e) => return Err(e),
@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(
                 &config,
                 format!(
-                    "[nats]\nstream = \"{stream}\"\nsubjects = [\"{subject}.>\"]\n\
+                    "[nats]\nstream = \"{stream}\"\n\
                      [cluster]\nenabled = true\nnode = \"bench{run}-{i}\"\n\
                      partials_stream = \"PARTIALS{run}\"\npartials_subject = \"partials{run}\"\n"
                 ),
@@ -116,11 +116,15 @@ fn main() -> anyhow::Result<()> {
             );
         }
         let mut last: Vec<f64> = vec![0.0; k];
+        let mut peak_rss: Vec<f64> = vec![0.0; k];
         let deadline = Instant::now() + Duration::from_secs(900);
         loop {
             for (i, c) in children.iter().enumerate() {
                 if let Some(cpu) = cpu_secs(c.id()) {
                     last[i] = cpu;
+                }
+                if let Some(rss) = peak_rss_mib(c.id()) {
+                    peak_rss[i] = rss;
                 }
             }
             if rt.block_on(drained(&urls[0], &stream, published))? {
@@ -148,6 +152,7 @@ fn main() -> anyhow::Result<()> {
                 "replica_cpu_seconds": last.iter().map(|c| (c * 100.0).round() / 100.0).collect::<Vec<_>>(),
                 "replicas_cpu_seconds": (last.iter().sum::<f64>() * 100.0).round() / 100.0,
                 "nats_cpu_seconds": (nats_cpu * 100.0).round() / 100.0,
+                "replica_peak_rss_mib": peak_rss.iter().map(|r| r.round()).collect::<Vec<_>>(),
             })
         );
         rt.block_on(async {
@@ -201,6 +206,18 @@ fn cpu_secs(pid: u32) -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 fn cpu_of(pids: &[u32]) -> f64 {
