@@ -528,10 +528,18 @@ impl Feed for crate::cluster::partial::Partial {
         out: &mut Vec<Change>,
         _: &mut Vec<Event>,
     ) {
-        // A replica's clock far ahead would drag the watermark as a future event does.
-        if ctx.clock == Clock::Wall && self.max_ts.is_some_and(|t| t > ctx.now + MAX_FUTURE_MS) {
-            ctx.metrics.event_rejected("future_ts");
-            self.max_ts = None;
+        // Counts stamped far ahead would drag the watermark as a future event
+        // does (replicas reject such events; this guards the detector too).
+        if ctx.clock == Clock::Wall {
+            let limit = ctx.now + MAX_FUTURE_MS;
+            if self.max_ts.is_some_and(|t| t > limit) {
+                ctx.metrics.event_rejected("future_ts");
+                self.max_ts = None;
+            }
+            for part in &mut self.rules {
+                let step_ms = part.step_ms.max(1);
+                part.cells.retain(|c| c.0.saturating_mul(step_ms) <= limit);
+            }
         }
         let fed = crate::cluster::partial::Partial::feed(&self, engine, out);
         ctx.metrics
@@ -691,6 +699,11 @@ async fn apply_late_summary(id: &str, summary: Summary, o: &Outputs) {
     }
 }
 
+/// When a resolved incident ended, event time.
+fn resolved_ms(i: &Incident) -> i64 {
+    i.resolved_at.unwrap_or(i.updated_at).timestamp_millis()
+}
+
 /// `quiet`: a change the previous run notified; summarized and stored, not
 /// notified again.
 async fn handle_change(
@@ -708,11 +721,12 @@ async fn handle_change(
     // On a cluster, an incident re-derived after a takeover keeps the id it
     // was posted with, and a change another detector term already notified
     // is quiet.
-    let transition = match &o.claims {
+    let (transition, told) = match &o.claims {
         Some(claims) => claims.adopt(transition).await,
-        None => transition,
+        None => (transition, false),
     };
-    let mut quiet = quiet;
+    // A former detector told this outage's end: nothing of it is news.
+    let mut quiet = quiet || told;
     let mut claimed = None;
     if let (true, false, Some(claims)) = (notify, quiet, &o.claims) {
         let key = crate::cluster::ledger::key_of(&transition);
@@ -726,7 +740,7 @@ async fn handle_change(
                 if let Transition::Resolved(i) = &transition {
                     // Notified by a former term, which may have died before
                     // ending the episode.
-                    claims.end_episode(&i.id).await;
+                    claims.end_episode(&i.id, resolved_ms(i)).await;
                 }
             }
         }
@@ -818,12 +832,13 @@ async fn handle_change(
         // Done once the notifier delivered it (Slack queues): a detector that
         // dies before leaves the claim pending for the next one to take over.
         let notifier = o.notifier.clone();
-        let ended = matches!(transition, Transition::Resolved(_)).then(|| incident.id.clone());
+        let ended = matches!(transition, Transition::Resolved(_))
+            .then(|| (incident.id.clone(), resolved_ms(&incident)));
         tokio::spawn(async move {
             notifier.flush().await;
             claims.done(&key, revision).await;
-            if let Some(id) = ended {
-                claims.end_episode(&id).await;
+            if let Some((id, at)) = ended {
+                claims.end_episode(&id, at).await;
             }
         });
     }

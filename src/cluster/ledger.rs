@@ -70,14 +70,28 @@ pub struct Ledger {
     metrics: std::sync::Arc<Metrics>,
     /// Engine incident id to the id it is known by (its episode's first id)
     /// and its episode key.
-    ids: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+    ids: std::sync::Mutex<std::collections::HashMap<String, Known>>,
 }
 
-/// An open episode of a fingerprint: the incident id people know it by.
+/// What a detector term knows of an engine incident id.
+#[derive(Debug, Clone)]
+struct Known {
+    /// The id people know the outage by.
+    id: String,
+    /// Its episode key.
+    key: String,
+    /// A former detector told its resolution.
+    closed: bool,
+}
+
+/// An outage of a fingerprint: the incident id people know it by.
 #[derive(Debug, Serialize, Deserialize)]
 struct Episode {
     id: String,
     opened_ms: i64,
+    /// When its resolution was told (event time).
+    #[serde(default)]
+    resolved_ms: Option<i64>,
 }
 
 /// How far apart two openings of one fingerprint may be and still be one
@@ -141,15 +155,19 @@ impl Ledger {
         }
     }
 
-    /// Gives `t` the id its outage is known by. A detector that took over
-    /// re-derives open incidents from the counts; when it opens one at a
-    /// slightly different step than its predecessor did (a shorter history
-    /// behind its baselines), the incident id (a hash of the opening time)
-    /// differs. The episode key (`open.<hash of rule and root cause>`) holds
-    /// the first id: a later opening of the same fingerprint while the episode
-    /// is open adopts it, so its updates and resolution reach the same Slack
-    /// thread and store row.
-    pub async fn adopt(&self, mut t: Transition) -> Transition {
+    /// Gives `t` the id its outage is known by, and says whether a former
+    /// detector already told its end (then all of it stays quiet).
+    ///
+    /// A detector that took over re-derives recent incidents from the counts;
+    /// when it opens one at a slightly different step than its predecessor did
+    /// (a shorter history behind its baselines), the incident id (a hash of the
+    /// opening time) differs. The episode key (`open.<hash of rule and root
+    /// cause>`) holds the first id and, once told, the resolution time: an
+    /// opening of the same fingerprint while the episode is open, or before its
+    /// recorded resolution, is the same outage and adopts that id, so its
+    /// updates and resolution reach the same Slack thread and store row. An
+    /// opening after the recorded resolution is a new outage.
+    pub async fn adopt(&self, mut t: Transition) -> (Transition, bool) {
         let engine_id = t.incident().id.clone();
         let known = self
             .ids
@@ -157,18 +175,22 @@ impl Ledger {
             .unwrap_or_else(|p| p.into_inner())
             .get(&engine_id)
             .cloned();
-        let id = match (known, &t) {
-            (Some((id, _)), _) => id,
+        let (id, closed) = match (known, &t) {
+            (Some(k), _) => (k.id, k.closed),
             (None, Transition::Opened(inc)) => {
                 let key = episode_key(&inc.fingerprint());
-                let id = self.episode(&key, inc).await;
-                self.ids
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(engine_id.clone(), (id.clone(), key));
-                id
+                let (id, closed) = self.episode(&key, inc).await;
+                self.ids.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    engine_id.clone(),
+                    Known {
+                        id: id.clone(),
+                        key,
+                        closed,
+                    },
+                );
+                (id, closed)
             }
-            (None, _) => engine_id.clone(),
+            (None, _) => (engine_id.clone(), false),
         };
         if id != engine_id {
             match &mut t {
@@ -177,68 +199,91 @@ impl Ledger {
                 }
             }
         }
-        t
+        (t, closed)
     }
 
-    /// The episode's id: ours when we open it, the first opener's otherwise.
-    async fn episode(&self, key: &str, inc: &crate::incident::Incident) -> String {
+    /// The episode's id (ours when we open it, the first opener's otherwise)
+    /// and whether its resolution was already told.
+    async fn episode(&self, key: &str, inc: &crate::incident::Incident) -> (String, bool) {
         let opened_ms = inc.opened_at.timestamp_millis();
         let mine = serde_json::to_vec(&Episode {
             id: inc.id.clone(),
             opened_ms,
+            resolved_ms: None,
         })
         .unwrap_or_default();
         for _ in 0..3 {
             match self.store.create(key, mine.clone().into()).await {
-                Ok(_) => return inc.id.clone(),
+                Ok(_) => return (inc.id.clone(), false),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "episode lookup failed; keeping the engine's id");
-                    return inc.id.clone();
+                    return (inc.id.clone(), false);
                 }
             }
             let Ok(Some(entry)) = self.store.entry(key).await else {
                 continue;
             };
-            match serde_json::from_slice::<Episode>(&entry.value) {
-                Ok(ep) if (ep.opened_ms - opened_ms).abs() <= SAME_EPISODE_MS => {
-                    if ep.id != inc.id {
-                        tracing::info!(engine_id = %inc.id, id = %ep.id, "incident re-derived after a takeover; keeping its first id");
-                        self.metrics.cluster_claim("adopted");
+            let same = match serde_json::from_slice::<Episode>(&entry.value) {
+                Ok(ep) => match ep.resolved_ms {
+                    None if (ep.opened_ms - opened_ms).abs() <= SAME_EPISODE_MS => {
+                        Some((ep.id, false))
                     }
-                    return ep.id;
-                }
-                // A stale episode (its resolution never cleared it): replace it.
-                _ => match self
-                    .store
-                    .update(key, mine.clone().into(), entry.revision)
-                    .await
-                {
-                    Ok(_) => return inc.id.clone(),
-                    Err(_) => continue,
+                    Some(r) if opened_ms <= r && opened_ms + SAME_EPISODE_MS >= ep.opened_ms => {
+                        Some((ep.id, true))
+                    }
+                    _ => None,
                 },
+                Err(_) => None,
+            };
+            if let Some((id, closed)) = same {
+                if id != inc.id {
+                    tracing::info!(engine_id = %inc.id, %id, closed, "incident re-derived after a takeover; keeping its first id");
+                    self.metrics.cluster_claim("adopted");
+                }
+                return (id, closed);
+            }
+            // A new outage after the last one ended (or a stale record).
+            if self
+                .store
+                .update(key, mine.clone().into(), entry.revision)
+                .await
+                .is_ok()
+            {
+                return (inc.id.clone(), false);
             }
         }
-        inc.id.clone()
+        (inc.id.clone(), false)
     }
 
-    /// The incident `id` (as adopted) resolved and was notified: its episode
-    /// ends, so the next outage of the fingerprint is a new incident.
-    pub async fn end_episode(&self, id: &str) {
-        let key = {
-            let ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-            ids.values()
-                .find(|(known, _)| known == id)
-                .map(|(_, k)| k.clone())
+    /// The incident `id` (as adopted) was told resolved at `resolved_ms`
+    /// (event time): its episode ends there, so an opening of its fingerprint
+    /// after it is a new incident, and one before it (a takeover re-deriving
+    /// it) the same.
+    pub async fn end_episode(&self, id: &str, resolved_ms: i64) {
+        let found = {
+            let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+            let key = ids.values().find(|k| k.id == id).map(|k| k.key.clone());
+            ids.retain(|_, k| k.id != id);
+            key
         };
-        if let Some(key) = key {
-            if let Err(e) = self.store.purge(&key).await {
-                tracing::warn!(error = %e, "ending an episode failed; it expires as stale");
+        let Some(key) = found else { return };
+        for _ in 0..3 {
+            let Ok(Some(entry)) = self.store.entry(&key).await else {
+                return;
+            };
+            let Ok(mut ep) = serde_json::from_slice::<Episode>(&entry.value) else {
+                return;
+            };
+            if ep.id != id || ep.resolved_ms.is_some() {
+                return;
             }
-            self.ids
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|_, (known, _)| known != id);
+            ep.resolved_ms = Some(resolved_ms);
+            let value = serde_json::to_vec(&ep).unwrap_or_default();
+            match self.store.update(&key, value.into(), entry.revision).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!(error = %e, "ending an episode failed; retrying"),
+            }
         }
     }
 
@@ -309,7 +354,8 @@ impl Ledger {
         };
         let held: Option<Value> = serde_json::from_slice(&entry.value).ok();
         match held {
-            Some(v) if v.state == "done" || v.term == self.term => Ok(Claim::Quiet),
+            // Delivered, ours, or claimed by a later term (we are the stale one).
+            Some(v) if v.state == "done" || v.term >= self.term => Ok(Claim::Quiet),
             _ => {
                 // Pending by an earlier term (or unreadable): take it over.
                 match tokio::time::timeout(

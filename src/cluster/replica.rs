@@ -231,6 +231,12 @@ impl Replica {
     }
 
     fn count(&mut self, ev: Event, parsed: &mut Vec<Event>) {
+        // As the single-process engine loop does on the wall clock: one event
+        // stamped far ahead would drag the detector's watermark along.
+        if ev.ts_ms > chrono::Utc::now().timestamp_millis() + crate::pipeline::MAX_FUTURE_MS {
+            self.metrics.event_rejected("future_ts");
+            return;
+        }
         match self.agg.add(&ev) {
             Ok(()) => {
                 if self.tap.is_some() {

@@ -7,15 +7,16 @@
 //! JSON line on stderr. The rules are the shipped ones with 1-minute windows and
 //! a 1-minute dedupe horizon, so the state a long run reaches after about 10
 //! minutes is reached here in about 90 seconds.
-
-mod common;
+//!
+//! A module of the `cluster` test binary, so it runs beside the cluster fault
+//! test (both mostly wait on wall-clock time) instead of after it.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::http::metric;
-use common::nats_server::NatsServer;
+use crate::common::http::metric;
+use crate::common::nats_server::NatsServer;
 
 fn env_or(name: &str, default: f64) -> f64 {
     std::env::var(name)
