@@ -426,14 +426,7 @@ impl App {
         ));
         // One stop signal for every source: HTTP and NATS stop intake together.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        match reloader {
-            Some((reloader, interval)) => {
-                tokio::spawn(reloader.watch(interval, stop_rx.clone()));
-            }
-            None => {
-                tokio::spawn(crate::reload::ignore_hangup(stop_rx.clone()));
-            }
-        }
+        watch_rules(reloader, &stop_rx);
         let source = nats.map(|n| tokio::spawn(n.run(state.ingest.clone(), stop_rx, catch_up)));
         let shutdown = async move {
             shutdown.await;
@@ -475,6 +468,22 @@ impl App {
     }
 }
 
+/// Reloads the rules on SIGHUP, request and file change when they came from a
+/// folder; otherwise keeps SIGHUP from stopping the daemon. Until `stop`.
+fn watch_rules(
+    reloader: Option<(Arc<Reloader>, Duration)>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    match reloader {
+        Some((reloader, interval)) => {
+            tokio::spawn(reloader.watch(interval, stop.clone()));
+        }
+        None => {
+            tokio::spawn(crate::reload::ignore_hangup(stop.clone()));
+        }
+    }
+}
+
 /// Runs one cluster replica: its share of the ingest, the detector role
 /// (standby until it holds the lease) and the API, until `shutdown`; or until
 /// the detector lease is lost, which is an error (the process exits, and its
@@ -492,14 +501,7 @@ async fn run_replica(
 ) -> anyhow::Result<()> {
     use crate::cluster::detector::Ended;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    match reloader {
-        Some((reloader, interval)) => {
-            tokio::spawn(reloader.watch(interval, stop_rx.clone()));
-        }
-        None => {
-            tokio::spawn(crate::reload::ignore_hangup(stop_rx.clone()));
-        }
-    }
+    watch_rules(reloader, &stop_rx);
     let ingest = tokio::spawn(replica.run(events_rx, stop_rx.clone()));
     let notifier = detector.outputs.notifier.clone();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
