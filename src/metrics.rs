@@ -316,13 +316,8 @@ impl Metrics {
         }
     }
 
-    /// Whether this replica is the detector now.
-    pub fn cluster_leader(&self) -> bool {
-        self.cluster_leader.load(Ordering::Relaxed) == 1
-    }
-
-    /// One notification claim, by result: `won`, `taken_over`, `done_before`,
-    /// `in_flight`, `unavailable`.
+    /// One notification claim, by result: `won`, `quiet` (told or being
+    /// told by another term), `taken_over`, `adopted`, `unavailable`.
     pub fn cluster_claim(&self, result: &str) {
         self.cluster_claims.add(result, 1);
     }

@@ -541,7 +541,7 @@ impl Feed for crate::cluster::partial::Partial {
                 part.cells.retain(|c| c.0.saturating_mul(step_ms) <= limit);
             }
         }
-        let fed = crate::cluster::partial::Partial::feed(&self, engine, out);
+        let fed = self.count_into(engine, out);
         ctx.metrics
             .partial_fed(fed.accepted, fed.late, fed.mismatched);
     }

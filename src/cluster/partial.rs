@@ -6,7 +6,7 @@
 //! failures. Every flush it publishes what it counted as one [`Partial`] and
 //! starts over, so a partial holds one entry per cell and step touched since the
 //! last flush, whatever the event rate. The detector adds the partials of every
-//! replica into one engine ([`Partial::feed`]), which then runs exactly as it
+//! replica into one engine ([`Partial::count_into`]), which then runs exactly as it
 //! does on events.
 //!
 //! On the wire a partial is compact JSON: cells are arrays
@@ -63,7 +63,7 @@ pub struct RulePart {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CellCount(pub i64, pub u32, pub u32, pub Vec<Option<String>>);
 
-/// What [`Partial::feed`] did.
+/// What [`Partial::count_into`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fed {
     /// Events counted (attempts summed).
@@ -76,7 +76,7 @@ pub struct Fed {
 
 impl Partial {
     /// Adds every cell to `engine`, then moves its watermark to `max_ts`.
-    pub fn feed(&self, engine: &mut Engine, out: &mut Vec<Change>) -> Fed {
+    pub fn count_into(&self, engine: &mut Engine, out: &mut Vec<Change>) -> Fed {
         let mut fed = Fed::default();
         let mut values: Vec<Option<&str>> = Vec::with_capacity(MAX_DIMS);
         for part in &self.rules {
@@ -220,11 +220,6 @@ impl PreAggregator {
         Ok(())
     }
 
-    /// Cells counted since the last [`PreAggregator::take`].
-    pub fn len(&self) -> usize {
-        self.counts.len()
-    }
-
     /// True when nothing was counted since the last take.
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
@@ -349,7 +344,7 @@ mod tests {
                     for p in r.take().split(MAX_CELLS_PER_MESSAGE) {
                         let wire = serde_json::to_vec(&p).unwrap();
                         let back: Partial = serde_json::from_slice(&wire).unwrap();
-                        let f = back.feed(&mut merged, &mut got);
+                        let f = back.count_into(&mut merged, &mut got);
                         fed.accepted += f.accepted;
                         fed.late += f.late;
                         fed.mismatched += f.mismatched;
@@ -358,7 +353,7 @@ mod tests {
             }
         }
         for r in &mut replicas {
-            r.take().feed(&mut merged, &mut got);
+            r.take().count_into(&mut merged, &mut got);
         }
         merged.finish(&mut got);
         assert_eq!(fed.mismatched, 0);
@@ -469,7 +464,7 @@ mod tests {
                 },
             ],
         };
-        let fed = p.feed(&mut engine, &mut Vec::new());
+        let fed = p.count_into(&mut engine, &mut Vec::new());
         assert_eq!(fed.mismatched, 3);
         assert_eq!(fed.accepted, 5);
     }

@@ -40,6 +40,10 @@ const PUBLISH_ATTEMPTS: usize = 4;
 /// How long one try waits for the stream's ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// One replica's ingest.
 pub struct Replica {
     client: async_nats::Client,
@@ -175,17 +179,19 @@ impl Replica {
                     }
                 }
                 ev = http.recv(), if http_open => match ev {
-                    Some(ev) => self.count(ev, &mut parsed),
+                    Some(ev) => self.count(ev, now_ms(), &mut parsed),
                     None => http_open = false,
                 },
                 next = live.next() => {
                     let mut next = next;
                     let mut n = 0;
+                    // One clock read per batch, not per event.
+                    let now = now_ms();
                     // Messages the client already holds join this one.
                     loop {
                         match next {
                             Some(Ok(msg)) => {
-                                self.take_message(msg, &mut held, &mut parsed).await;
+                                self.take_message(msg, now, &mut held, &mut parsed).await;
                                 n += 1;
                             }
                             Some(Err(e)) => {
@@ -223,17 +229,19 @@ impl Replica {
             }
         }
         // What was counted goes out (and its events are acked) before the exit.
+        let now = now_ms();
         while let Ok(ev) = http.try_recv() {
-            self.count(ev, &mut parsed);
+            self.count(ev, now, &mut parsed);
         }
         self.flush(&mut held).await;
         tracing::info!("replica ingest stopped");
     }
 
-    fn count(&mut self, ev: Event, parsed: &mut Vec<Event>) {
+    /// Counts one event; `now` is the wall clock of its batch, epoch ms.
+    fn count(&mut self, ev: Event, now: i64, parsed: &mut Vec<Event>) {
         // As the single-process engine loop does on the wall clock: one event
         // stamped far ahead would drag the detector's watermark along.
-        if ev.ts_ms > chrono::Utc::now().timestamp_millis() + crate::pipeline::MAX_FUTURE_MS {
+        if ev.ts_ms > now + crate::pipeline::MAX_FUTURE_MS {
             self.metrics.event_rejected("future_ts");
             return;
         }
@@ -250,13 +258,14 @@ impl Replica {
     async fn take_message(
         &mut self,
         msg: jetstream::Message,
+        now: i64,
         held: &mut Vec<jetstream::Message>,
         parsed: &mut Vec<Event>,
     ) {
         self.metrics.event_received();
         match event::parse(&msg.payload) {
             Ok(ev) => {
-                self.count(ev, parsed);
+                self.count(ev, now, parsed);
                 held.push(msg);
             }
             Err(rej) => {
