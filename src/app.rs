@@ -66,6 +66,7 @@ struct ClusterParts {
     holder: String,
     ttl: Duration,
     replay_span: Duration,
+    counts_idle: Duration,
 }
 
 /// Connects to the cluster's NATS (retrying a server that is not up yet) and
@@ -134,6 +135,9 @@ async fn cluster_parts(
         node,
         ttl: c.lease_ttl.0,
         replay_span: Duration::from_millis(span_ms.min(c.partials_max_age.ms()).max(0) as u64),
+        // A silent replica's unacknowledged events come back to the others
+        // after the ack wait and are counted at their next flush.
+        counts_idle: c.ack_wait.0 + 2 * c.flush_interval.0,
     })
 }
 
@@ -383,6 +387,7 @@ impl App {
                 holder: parts.holder,
                 ttl: parts.ttl,
                 replay_span: parts.replay_span,
+                counts_idle: parts.counts_idle,
                 engine_opts,
                 clock,
                 outputs,

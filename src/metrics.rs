@@ -49,6 +49,8 @@ pub struct Metrics {
     cluster_leader: AtomicU64,
     cluster_leaderships: AtomicU64,
     cluster_claims: Labeled,
+    cluster_counts_read: Labeled,
+    cluster_counts_lag_ms: AtomicU64,
 }
 
 /// A counter with one label, bounded to [`MAX_REASONS`] values (further values
@@ -306,6 +308,19 @@ impl Metrics {
                 self.cluster_partial_events.add(what, n);
             }
         }
+    }
+
+    /// On the detector: one counts message read, by what became of it
+    /// (`fed`, `repeat`, `other_version`, `unreadable`).
+    pub fn counts_read(&self, what: &str) {
+        self.cluster_counts_read.add(what, 1);
+    }
+
+    /// On the detector: how far its clock (the slowest live replica's last
+    /// flush) is behind the wall clock.
+    pub fn set_counts_lag(&self, lag: std::time::Duration) {
+        self.cluster_counts_lag_ms
+            .store(lag.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Whether this replica holds the detector lease now.
@@ -571,6 +586,23 @@ impl Metrics {
             "faultline_cluster_claims_total",
             "result",
             "Notification claims in the KV ledger, by result.",
+        );
+        self.cluster_counts_read.render(
+            &mut out,
+            "faultline_cluster_counts_read_total",
+            "what",
+            "On the detector: counts messages read from the partials stream, by what became of them.",
+        );
+        header(
+            &mut out,
+            "faultline_cluster_counts_lag_seconds",
+            "On the detector: how far the slowest live replica's last flush is behind the wall clock.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "faultline_cluster_counts_lag_seconds {}",
+            get(&self.cluster_counts_lag_ms) as f64 / 1000.0
         );
         out
     }

@@ -231,6 +231,7 @@ pub enum Clock {
 pub struct CatchUp {
     replaying: std::sync::atomic::AtomicBool,
     quiet_until_ms: std::sync::atomic::AtomicI64,
+    clock_limit_ms: std::sync::atomic::AtomicI64,
 }
 
 impl CatchUp {
@@ -239,6 +240,7 @@ impl CatchUp {
         CatchUp {
             replaying: false.into(),
             quiet_until_ms: i64::MIN.into(),
+            clock_limit_ms: i64::MAX.into(),
         }
     }
 
@@ -247,6 +249,7 @@ impl CatchUp {
         CatchUp {
             replaying: true.into(),
             quiet_until_ms: i64::MIN.into(),
+            clock_limit_ms: i64::MAX.into(),
         }
     }
 
@@ -259,6 +262,19 @@ impl CatchUp {
     pub fn finish(&self) {
         self.replaying
             .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The wall-clock timer may not move time past `now_ms` (the cluster
+    /// detector's clock is its replicas' flushes: [`crate::cluster::clock`]).
+    pub fn limit_clock(&self, now_ms: i64) {
+        self.clock_limit_ms
+            .store(now_ms, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The latest time the wall-clock timer may move to.
+    pub fn clock_limit(&self) -> i64 {
+        self.clock_limit_ms
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Changes at or before `event_ms` were notified before: keep them quiet.
@@ -439,7 +455,9 @@ impl EngineLoop {
                 }
                 _ = tick.tick(), if clock == Clock::Wall => {
                     if !catch_up.is_replaying() {
-                        let now = chrono::Utc::now().timestamp_millis();
+                        let now = chrono::Utc::now()
+                            .timestamp_millis()
+                            .min(catch_up.clock_limit());
                         engine.advance_to(now - lateness, &mut out);
                     }
                 }

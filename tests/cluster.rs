@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::clickhouse_server::ClickHouseServer;
-use common::http::metric;
+use common::http::{http, metric, q};
 use common::nats_server::NatsServer;
 use common::slack_stub::{Msg, SlackStub};
 
@@ -98,6 +98,8 @@ struct Cluster {
     clickhouse: ClickHouseServer,
     slack: SlackStub,
     replicas: Vec<Replica>,
+    /// The cell of the outage going on: its explanation goes in failure reports.
+    probe: Option<(String, String)>,
 }
 
 impl Cluster {
@@ -133,12 +135,38 @@ impl Cluster {
             .env("FAULTLINE_SLACK_TOKEN", common::slack_stub::TOKEN)
             .env("FAULTLINE_SLACK_CHANNEL", "#faultline-default")
             .env("FAULTLINE_SLACK_API_URL", &self.slack.api_url)
-            .env("FAULTLINE_LOG", "info,async_nats=warn")
+            .env(
+                "FAULTLINE_LOG",
+                "info,async_nats=warn,faultline::cluster::detector=debug",
+            )
+            .env("FAULTLINE_API_TOKENS", "r3ad:read")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         r.child = Some(child);
+    }
+
+    /// Starts again the replicas that exited on their own (a detector that
+    /// lost its lease exits, for its supervisor to restart it as a standby),
+    /// as Kubernetes or systemd would.
+    fn supervise(&mut self) {
+        for i in 0..self.replicas.len() {
+            let exited = self.replicas[i]
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                eprintln!(
+                    "  {} exited ({status}); its supervisor starts it again",
+                    self.replicas[i].node
+                );
+                // On a new port: the one picked at start may have been
+                // taken since (an exit status 2 is "cannot listen").
+                self.replicas[i].port = free_port();
+                self.spawn(i);
+            }
+        }
     }
 
     /// The replica holding the detector lease (by its metrics).
@@ -148,9 +176,10 @@ impl Cluster {
         })
     }
 
-    fn wait_leader(&self, within: Duration) -> usize {
+    fn wait_leader(&mut self, within: Duration) -> usize {
         let deadline = Instant::now() + within;
         loop {
+            self.supervise();
             if let Some(i) = self.leader() {
                 return i;
             }
@@ -165,9 +194,10 @@ impl Cluster {
 
     /// Waits for Slack's messages to satisfy `cond`; on timeout, fails with
     /// the messages and the replicas' logs.
-    fn wait_msgs(&self, what: &str, within: Duration, cond: impl Fn(&[Msg]) -> bool) {
+    fn wait_msgs(&mut self, what: &str, within: Duration, cond: impl Fn(&[Msg]) -> bool) {
         let deadline = Instant::now() + within;
         loop {
+            self.supervise();
             let msgs = self.slack.messages();
             if cond(&msgs) {
                 return;
@@ -181,6 +211,29 @@ impl Cluster {
         }
     }
 
+    /// The replicas' log sizes, to print what a case logged ([`Self::logs_since`]).
+    fn log_marks(&self) -> Vec<usize> {
+        self.replicas
+            .iter()
+            .map(|r| std::fs::metadata(&r.log).map_or(0, |m| m.len() as usize))
+            .collect()
+    }
+
+    /// What the replicas logged (not DEBUG) since `marks`.
+    fn logs_since(&self, marks: &[usize]) -> String {
+        self.replicas
+            .iter()
+            .zip(marks)
+            .map(|(r, &from)| {
+                let text = std::fs::read(&r.log).unwrap_or_default();
+                let text = String::from_utf8_lossy(text.get(from..).unwrap_or_default());
+                let lines: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG")).collect();
+                format!("--- {} ---\n{}", r.node, lines.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn logs(&self) -> String {
         self.replicas
             .iter()
@@ -188,12 +241,46 @@ impl Cluster {
                 let text = std::fs::read_to_string(&r.log).unwrap_or_default();
                 let tail: Vec<&str> = text
                     .lines()
-                    .filter(|l| !l.contains("DEBUG"))
+                    .filter(|l| !l.contains("DEBUG") || l.contains("cluster::detector"))
                     .rev()
-                    .take(60)
+                    .take(80)
                     .collect();
+                // Where the counts stopped: events in, counts out, counts in.
+                let metrics = if r.child.is_some()
+                    && std::net::TcpStream::connect(("127.0.0.1", r.port)).is_ok()
+                {
+                    let (_, body) = http(r.port, "GET", "/metrics", None, b"");
+                    body.lines()
+                        .filter(|l| {
+                            !l.starts_with('#')
+                                && (l.starts_with("faultline_cluster")
+                                    || l.starts_with("faultline_events")
+                                    || l.starts_with("faultline_nats"))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                } else {
+                    "(not running)".to_string()
+                };
+                // The detector's view of the outage's cell.
+                let view = match (&self.probe, metrics.contains("faultline_cluster_leader 1")) {
+                    (Some((provider, region)), true) => {
+                        let dims = format!("provider={provider},region={region}");
+                        let (_, explain) = http(
+                            r.port,
+                            "GET",
+                            &format!("/explain?rule=auth_failures&dims={}", q(&dims)),
+                            Some("r3ad"),
+                            b"",
+                        );
+                        let (_, incidents) = http(r.port, "GET", "/incidents", Some("r3ad"), b"");
+                        let cut = |s: &str| s.chars().take(3000).collect::<String>();
+                        format!("explain: {}\nincidents: {}", cut(&explain), cut(&incidents))
+                    }
+                    _ => String::new(),
+                };
                 format!(
-                    "--- {} ---\n{}",
+                    "--- {} ---\n{}\n{metrics}\n{view}",
                     r.node,
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
@@ -286,11 +373,18 @@ fn traffic(
                         }
                     }
                 }
-                for ack in acks {
-                    // A node going down loses a few in-flight publishes; the
-                    // traffic goes on (as a payment service's would).
-                    let _ = tokio::time::timeout(Duration::from_secs(2), ack).await;
-                }
+                // A node going down loses a few in-flight publishes; the
+                // traffic goes on (as a payment service's would). One bound
+                // for the tick's acks together: awaited one by one, 20 acks
+                // timing out while a stream elects its leader stalled the
+                // traffic for 40 s, and the outage looked undetected.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    futures_util::future::join_all(
+                        acks.into_iter().map(std::future::IntoFuture::into_future),
+                    ),
+                )
+                .await;
             }
             n
         })
@@ -322,6 +416,7 @@ fn every_fault_ends_as_exactly_one_incident_and_one_slack_post() {
         slack: SlackStub::start(),
         replicas: Vec::new(),
         dir,
+        probe: None,
     };
     for i in 0..3 {
         let node = format!("replica-{}", i + 1);
@@ -371,6 +466,8 @@ fn every_fault_ends_as_exactly_one_incident_and_one_slack_post() {
     for &(case, provider, region) in &cases {
         eprintln!("case: {case}");
         let started = Instant::now();
+        let marks = cluster.log_marks();
+        cluster.probe = Some((provider.to_string(), region.to_string()));
         faults
             .lock()
             .unwrap()
@@ -423,6 +520,8 @@ fn every_fault_ends_as_exactly_one_incident_and_one_slack_post() {
             |msgs| roots(msgs, provider).iter().any(|m| resolved(m)),
         );
         eprintln!("  resolved after {:?}", started.elapsed());
+        // Shown with --nocapture (or when the test fails): how the fault went.
+        eprintln!("{}", cluster.logs_since(&marks));
         let msgs = cluster.slack.messages();
         let posted = roots(&msgs, provider);
         outcomes.insert(case, format!("{} post(s)", posted.len()));

@@ -6,13 +6,16 @@
 //! (there are no windows here). On taking the lease it:
 //!
 //! 1. reads the partials stream from `now - replay span` (the longest rule
-//!    window plus warm-up) with an ordered consumer, the wall-clock timer held
-//!    until it reaches the stream's end at takeover, so the engine rebuilds the
-//!    windows, baselines and open incidents of the former detector from the
-//!    same counts (incident ids are a hash of rule, root cause and opening time,
-//!    so they come out the same);
-//! 2. goes on reading live; every notification is claimed in the
-//!    [`super::ledger`] first, so what the former detector notified stays quiet;
+//!    window plus warm-up) in batches from an ephemeral consumer, the timer
+//!    held until it reaches the stream's end at takeover, so the engine
+//!    rebuilds the windows, baselines and open incidents of the former
+//!    detector from the same counts (incident ids are a hash of rule, root
+//!    cause and opening time, so they come out the same);
+//! 2. goes on reading live, time moved by the replicas' flushes
+//!    ([`super::clock`]). Every NATS call is bounded; a reader that fails,
+//!    skips a sequence or stays silent is replaced by one starting after the
+//!    last count read. Every notification is claimed in the [`super::ledger`]
+//!    first, so what the former detector notified stays quiet;
 //! 3. renews the lease every third of its TTL. A lease it cannot renew ends the
 //!    term: [`run`] returns [`Ended::LeaseLost`] and the process exits, for its
 //!    supervisor to start it again as a standby (fencing by exit: no state of
@@ -25,6 +28,7 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use super::clock::CountsClock;
 use super::lease::{Lease, Renewal};
 use super::ledger::Ledger;
 use super::partial::Partial;
@@ -57,6 +61,8 @@ pub struct Detector {
     pub ttl: Duration,
     /// How far back a new detector reads the counts.
     pub replay_span: Duration,
+    /// How long the clock waits for a silent replica ([`CountsClock`]).
+    pub counts_idle: Duration,
     /// Engine settings.
     pub engine_opts: EngineOptions,
     /// Wall clock in production.
@@ -188,21 +194,35 @@ async fn follow(
             message: e.to_string(),
         })
     };
+    // Every NATS call here is bounded well inside the lease's TTL: renewals
+    // wait for them, and a stream electing its leader takes seconds.
+    let bound = (d.ttl / 3).max(Duration::from_secs(1));
     let mut info = d.partials.clone();
-    let end = info
-        .info()
-        .await
-        .map_err(|e| nats_err("partials", &e))?
-        .state
-        .last_sequence;
+    // Where the replay ends; unknown (the stream did not answer in time),
+    // it ends at the first silence of a live reader.
+    let end = match tokio::time::timeout(bound, info.info()).await {
+        Ok(Ok(i)) => Some(i.state.last_sequence),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the partials stream did not say where it ends");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("the partials stream did not say where it ends in time");
+            None
+        }
+    };
     let span = chrono::Duration::from_std(d.replay_span).unwrap_or(chrono::Duration::MAX);
     let start_time = chrono::Utc::now()
         .checked_sub_signed(span)
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    let mut messages =
-        Some(open_reader(d, consumer::DeliverPolicy::ByStartTime { start_time }).await?);
+    let mut reader = open_reader_within(
+        d,
+        consumer::DeliverPolicy::ByStartTime { start_time },
+        bound,
+    )
+    .await;
     let mut catching_up = true;
-    if end == 0 {
+    if end == Some(0) {
         catching_up = false;
         catch_up.finish();
     }
@@ -210,19 +230,47 @@ async fn follow(
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     renew.tick().await;
     let (mut replayed, started) = (0u64, std::time::Instant::now());
-    // The last stream sequence read: a reader that stalls (its server went
-    // down) is replaced by one starting after it.
+    // The last stream sequence read: a reader that fails, skips or stalls
+    // (its server went down) is replaced by one starting after it.
     let mut last_seq = 0u64;
+    // A new reader's first message may be anywhere (nothing older is left).
+    let mut fresh = true;
     let mut silent_since = std::time::Instant::now();
+    let metrics = &d.outputs.metrics;
+    let mut clock = CountsClock::new(d.counts_idle);
+    let mut lag_told = false;
+    // The batch being fetched: kept across lease renewals, so none is lost.
+    let mut in_flight: Option<Fetch> = None;
+    let mut reopen_at = tokio::time::Instant::now() + REOPEN_WAIT;
     loop {
-        let reader = async {
-            match messages.as_mut() {
-                Some(m) => tokio::time::timeout(Duration::from_secs(1), m.next())
-                    .await
-                    .ok(),
+        if let Some(now) = clock.now() {
+            let behind = chrono::Utc::now().timestamp_millis().saturating_sub(now);
+            let behind = Duration::from_millis(behind.max(0) as u64);
+            metrics.set_counts_lag(behind);
+            if !catching_up && !lag_told && behind > 3 * d.counts_idle {
+                lag_told = true;
+                tracing::warn!(
+                    behind_ms = behind.as_millis() as u64,
+                    "the replicas' counts are late; detection waits for them"
+                );
+            } else if lag_told && behind < d.counts_idle {
+                lag_told = false;
+                tracing::info!("the replicas' counts are on time again");
+            }
+        }
+        if in_flight.is_none() {
+            in_flight = reader.as_ref().map(|r| fetch(r.clone(), FETCH_WAIT));
+        }
+        // Without a reader, wait until the next try. A deadline, not a fresh
+        // sleep per turn: the renewal timer ends a turn every third of the
+        // TTL, and a one-second sleep restarted at each turn never ended with
+        // a 3 s TTL (the reader was never reopened; the counts stopped).
+        let fetched = async {
+            match in_flight.as_mut() {
+                Some(f) => f.await,
                 None => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    None
+                    tokio::time::sleep_until(reopen_at).await;
+                    (Vec::new(), None)
                 }
             }
         };
@@ -235,64 +283,103 @@ async fn follow(
                 }
                 Renewal::Held | Renewal::Unsure => {}
             },
-            next = reader => {
-                let msg = match next {
-                    Some(Some(Ok(msg))) => msg,
-                    Some(Some(Err(e))) => {
-                        tracing::warn!(error = %e, "reading the counts interrupted");
-                        messages = None;
+            (got, failed) = fetched => {
+                in_flight = None;
+                tracing::debug!(
+                    messages = got.len(),
+                    failed = failed.as_deref().unwrap_or(""),
+                    reader = reader.is_some(),
+                    last_seq,
+                    "counts fetched"
+                );
+                let mut read = 0usize;
+                for msg in got {
+                    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    if seq != 0 && seq <= last_seq {
+                        metrics.counts_read("repeat");
                         continue;
                     }
-                    Some(None) => {
-                        messages = None;
-                        continue;
+                    if seq > last_seq + 1 && last_seq != 0 && !fresh {
+                        // A batch lost on the way (its server died): read again
+                        // from the first missing count.
+                        metrics.counts_read("gap");
+                        tracing::warn!(after = last_seq, next = seq, "counts skipped on the way; reading them again");
+                        reader = None;
+                        break;
                     }
-                    None => {
-                        // Nothing for a while: whatever the replay had is in.
-                        if catching_up {
-                            catching_up = false;
-                            finish_catch_up(tx, catch_up, replayed, started).await;
-                        }
-                        // Replicas publish every flush interval while events
-                        // flow: a long silence may be a reader left on a dead
-                        // server. A new one resumes after the last count read.
-                        if messages.is_none() || silent_since.elapsed() > READER_SILENCE {
-                            silent_since = std::time::Instant::now();
-                            let policy = if last_seq == 0 {
-                                consumer::DeliverPolicy::ByStartTime { start_time }
-                            } else {
-                                consumer::DeliverPolicy::ByStartSequence { start_sequence: last_seq + 1 }
-                            };
-                            match open_reader(d, policy).await {
-                                Ok(m) => messages = Some(m),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "reopening the counts reader failed; retrying");
-                                    messages = None;
-                                }
+                    fresh = false;
+                    read += 1;
+                    last_seq = last_seq.max(seq);
+                    match serde_json::from_slice::<Partial>(&msg.payload) {
+                        Ok(mut p) if p.v == super::partial::VERSION => {
+                            // Time is the replicas' (see `clock`): what moves the
+                            // watermark is the slowest live replica's flush.
+                            if let Some(at) = p.at {
+                                let heard = std::time::Instant::now();
+                                let now = if p.last {
+                                    clock.leave(&p.node, at, heard)
+                                } else {
+                                    clock.note(&p.node, at, heard)
+                                };
+                                p.max_ts = Some(now);
+                                catch_up.limit_clock(now);
                             }
+                            metrics.counts_read("fed");
+                            if tx.send(p).await.is_err() {
+                                return Err(nats_err("engine", &"the engine stopped"));
+                            }
+                            replayed += catching_up as u64;
                         }
+                        Ok(p) => {
+                            metrics.counts_read("other_version");
+                            tracing::warn!(version = p.v, "counts of another wire version skipped");
+                        }
+                        Err(e) => {
+                            metrics.counts_read("unreadable");
+                            tracing::warn!(error = %e, seq, "unreadable counts skipped");
+                        }
+                    }
+                    if catching_up && end.is_some_and(|end| seq >= end) {
+                        catching_up = false;
+                        finish_catch_up(tx, catch_up, replayed, started).await;
+                    }
+                }
+                if let Some(e) = failed {
+                    tracing::warn!(error = %e, after = last_seq, "reading the counts failed; reading them with a new reader");
+                    reader = None;
+                }
+                if read > 0 {
+                    silent_since = std::time::Instant::now();
+                    if reader.is_some() {
                         continue;
                     }
-                };
-                silent_since = std::time::Instant::now();
-                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                if seq != 0 && seq <= last_seq {
+                }
+                if reader.is_none() && tokio::time::Instant::now() < reopen_at {
                     continue;
                 }
-                last_seq = last_seq.max(seq);
-                match serde_json::from_slice::<Partial>(&msg.payload) {
-                    Ok(p) if p.v == super::partial::VERSION => {
-                        if tx.send(p).await.is_err() {
-                            return Err(nats_err("engine", &"the engine stopped"));
-                        }
-                        replayed += catching_up as u64;
-                    }
-                    Ok(p) => tracing::warn!(version = p.v, "counts of another wire version skipped"),
-                    Err(e) => tracing::warn!(error = %e, seq, "unreadable counts skipped"),
-                }
-                if catching_up && seq >= end {
+                // A live reader with nothing more: whatever the replay had is
+                // in. (Without a reader the replay has not started, and the
+                // clock stays stopped.)
+                if catching_up && reader.is_some() {
                     catching_up = false;
                     finish_catch_up(tx, catch_up, replayed, started).await;
+                }
+                // Replicas flush every interval, heartbeats included: a long
+                // silence is a reader left on a dead server.
+                if reader.is_none() || silent_since.elapsed() > READER_SILENCE {
+                    if reader.is_some() {
+                        tracing::info!(after = last_seq, "counts silent; reading them with a new reader");
+                    }
+                    silent_since = std::time::Instant::now();
+                    let policy = if last_seq == 0 {
+                        consumer::DeliverPolicy::ByStartTime { start_time }
+                    } else {
+                        consumer::DeliverPolicy::ByStartSequence { start_sequence: last_seq + 1 }
+                    };
+                    reader = open_reader_within(d, policy, bound).await;
+                    reopen_at = tokio::time::Instant::now() + REOPEN_WAIT;
+                    tracing::debug!(opened = reader.is_some(), after = last_seq, "counts reader opened");
+                    fresh = true;
                 }
             }
         }
@@ -301,27 +388,88 @@ async fn follow(
 
 /// How long the counts may stay silent before the reader is replaced.
 const READER_SILENCE: Duration = Duration::from_secs(5);
+/// The pause between tries at opening a reader.
+const REOPEN_WAIT: Duration = Duration::from_millis(500);
+/// How long one fetch waits for counts (replicas flush every 500 ms).
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// Counts messages per fetch at most.
+const FETCH_MAX: usize = 512;
 
-/// An ordered reader of the partials stream from `policy`.
+/// One fetch of counts: what came, and the error that ended it early.
+type Fetch = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Vec<jetstream::Message>, Option<String>)> + Send>,
+>;
+
+/// Fetches up to [`FETCH_MAX`] counts messages, waiting up to `wait` for
+/// them; bounded even when the reader's server is gone.
+fn fetch(reader: consumer::PullConsumer, wait: Duration) -> Fetch {
+    Box::pin(async move {
+        let mut got = Vec::new();
+        let run = async {
+            let mut batch = reader
+                .batch()
+                .max_messages(FETCH_MAX)
+                .expires(wait)
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
+            while let Some(m) = batch.next().await {
+                got.push(m.map_err(|e| e.to_string())?);
+            }
+            Ok::<(), String>(())
+        };
+        let failed = match tokio::time::timeout(wait + Duration::from_secs(1), run).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("timed out".to_string()),
+        };
+        (got, failed)
+    })
+}
+
+/// [`open_reader`] within `bound`; `None` (warned) when it failed.
+async fn open_reader_within(
+    d: &Detector,
+    policy: consumer::DeliverPolicy,
+    bound: Duration,
+) -> Option<consumer::PullConsumer> {
+    match tokio::time::timeout(bound, open_reader(d, policy)).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "opening the counts reader failed; retrying");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("opening the counts reader timed out; retrying");
+            None
+        }
+    }
+}
+
+/// A reader of the partials stream from `policy`: an ephemeral pull consumer
+/// in memory, without acks (the detector tracks the stream sequence itself),
+/// that the server drops once unused.
 async fn open_reader(
     d: &Detector,
     policy: consumer::DeliverPolicy,
-) -> Result<consumer::pull::Ordered, ClusterError> {
-    let err = |e: &dyn std::fmt::Display| {
-        ClusterError::Nats(crate::ingest::nats::NatsError::Consumer {
-            consumer: "partials reader".into(),
-            message: e.to_string(),
-        })
-    };
-    let reader = d
-        .partials
-        .create_consumer(consumer::pull::OrderedConfig {
+) -> Result<consumer::PullConsumer, ClusterError> {
+    d.partials
+        .create_consumer(consumer::pull::Config {
             deliver_policy: policy,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            num_replicas: 1,
+            memory_storage: true,
+            description: Some(format!("faultline detector {}", d.holder)),
             ..Default::default()
         })
         .await
-        .map_err(|e| err(&e))?;
-    reader.messages().await.map_err(|e| err(&e))
+        .map_err(|e| {
+            ClusterError::Nats(crate::ingest::nats::NatsError::Consumer {
+                consumer: "partials reader".into(),
+                message: e.to_string(),
+            })
+        })
 }
 
 async fn finish_catch_up(
@@ -338,7 +486,7 @@ async fn finish_catch_up(
     tracing::info!(
         messages = replayed,
         ms = started.elapsed().as_millis() as u64,
-        "detector caught up with the counts; the wall clock drives the watermark"
+        "detector caught up with the counts; the replicas' clock drives the watermark"
     );
 }
 

@@ -12,6 +12,7 @@
 //!   first ([`ledger`]), so two detectors (a takeover, a split brain) never post
 //!   the same change twice.
 
+pub mod clock;
 pub mod detector;
 pub mod lease;
 pub mod ledger;

@@ -41,8 +41,18 @@ pub struct Partial {
     /// message's `Nats-Msg-Id`).
     pub seq: u64,
     /// Newest event time the replica has counted, epoch ms; `None` before its
-    /// first event. Moves the detector's watermark.
+    /// first event. Moves the detector's watermark when `at` is absent.
     pub max_ts: Option<i64>,
+    /// The replica's wall clock when it flushed, epoch ms: it had published
+    /// everything it received before then. The detector's clock is the
+    /// earliest of the live replicas' ([`CountsClock`]); absent from builds
+    /// before it (their `max_ts` moves time instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
+    /// The replica's last flush (it is stopping): the detector's clock does
+    /// not wait for it any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last: bool,
     /// Counts per rule.
     pub rules: Vec<RulePart>,
 }
@@ -127,6 +137,8 @@ impl Partial {
             node,
             seq,
             max_ts,
+            at,
+            last,
             rules,
         } = self;
         let mut out: Vec<Partial> = Vec::new();
@@ -140,6 +152,8 @@ impl Partial {
                         node: node.clone(),
                         seq,
                         max_ts: None,
+                        at: None,
+                        last: false,
                         rules: Vec::new(),
                     });
                     room = max_cells;
@@ -154,8 +168,10 @@ impl Partial {
             }
         }
         // Time moves only once every chunk is counted.
-        if let Some(last) = out.last_mut() {
-            last.max_ts = max_ts;
+        if let Some(last_part) = out.last_mut() {
+            last_part.max_ts = max_ts;
+            last_part.at = at;
+            last_part.last = last;
         }
         out
     }
@@ -271,6 +287,8 @@ impl PreAggregator {
             node: self.node.clone(),
             seq: self.seq,
             max_ts: self.max_ts,
+            at: None,
+            last: false,
             rules,
         }
     }
@@ -411,6 +429,8 @@ mod tests {
             node: "r".into(),
             seq: 7,
             max_ts: Some(99),
+            at: Some(120),
+            last: true,
             rules: vec![
                 RulePart {
                     rule: "a".into(),
@@ -428,8 +448,13 @@ mod tests {
         assert_eq!(parts.len(), 3);
         assert!(parts.iter().all(|q| q.cells() <= 3));
         assert_eq!(parts.iter().map(Partial::cells).sum::<usize>(), 9);
-        assert_eq!(parts[2].max_ts, Some(99));
-        assert!(parts[..2].iter().all(|q| q.max_ts.is_none()));
+        assert_eq!(
+            (parts[2].max_ts, parts[2].at, parts[2].last),
+            (Some(99), Some(120), true)
+        );
+        assert!(parts[..2]
+            .iter()
+            .all(|q| q.max_ts.is_none() && q.at.is_none() && !q.last));
         assert_eq!(p.clone().split(100), vec![p]);
     }
 
@@ -443,6 +468,8 @@ mod tests {
             node: "r".into(),
             seq: 1,
             max_ts: None,
+            at: None,
+            last: false,
             rules: vec![
                 RulePart {
                     rule: "no_such_rule".into(),

@@ -13,8 +13,11 @@
 //! - a replica killed after it published but before every ack went out: those
 //!   events are redelivered and counted a second time (the window between
 //!   publish and acks is one round trip; counted, not lost);
-//! - a publish that fails: the events are not acked, the counts are dropped,
-//!   and the redelivered events are counted again elsewhere.
+//! - a publish that fails (the stream is electing a leader): the counts wait
+//!   in an outbox and go out, in order and with the same message ids, at the
+//!   next flushes; their events stay held (marked in progress) until then;
+//! - a replica stopping with counts still in its outbox: their events were
+//!   never acked and are counted elsewhere.
 //!
 //! Events posted over HTTP to a replica are counted the same way (no ack to hold).
 
@@ -35,8 +38,9 @@ use crate::reload::LiveRules;
 
 /// The durable consumer every replica shares.
 pub const DURABLE: &str = "faultline-replicas";
-/// Tries per partial message before its events are left to redelivery.
-const PUBLISH_ATTEMPTS: usize = 4;
+/// Counts messages kept for retry at most (at a 500 ms flush, minutes of a
+/// stream without a leader); beyond, the oldest are dropped.
+const MAX_OUTBOX: usize = 1_000;
 /// How long one try waits for the stream's ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -60,6 +64,15 @@ pub struct Replica {
     tap: Option<Arc<dyn EngineTap>>,
     /// `node-boot`: with the flush number, the `Nats-Msg-Id` of each message.
     msg_id_prefix: String,
+    /// Encoded counts not yet stored in the stream, with their message ids.
+    outbox: std::collections::VecDeque<(String, bytes::Bytes)>,
+    /// Since when publishing fails (counts waiting in the outbox).
+    failing_since: Option<Instant>,
+    /// When the held events were last marked in progress.
+    last_progress: Option<Instant>,
+    ack_wait: Duration,
+    /// Stopping: the last flush tells the detector not to wait for more.
+    leaving: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -128,6 +141,11 @@ impl Replica {
             metrics,
             tap,
             msg_id_prefix: format!("{node}-{boot}"),
+            outbox: Default::default(),
+            failing_since: None,
+            last_progress: None,
+            ack_wait: c.ack_wait.0,
+            leaving: false,
         })
     }
 
@@ -233,6 +251,7 @@ impl Replica {
         while let Ok(ev) = http.try_recv() {
             self.count(ev, now, &mut parsed);
         }
+        self.leaving = true;
         self.flush(&mut held).await;
         tracing::info!("replica ingest stopped");
     }
@@ -303,80 +322,103 @@ impl Replica {
     }
 
     /// Publishes what was counted, then acks the events it covers.
+    ///
+    /// Counts that cannot be stored (the stream has no leader for a few
+    /// seconds while a NATS node dies) stay in the outbox, oldest first, and
+    /// are retried at the next flush with the same message ids; their events
+    /// stay held, the server told they are in progress so it does not hand
+    /// them to another replica meanwhile. Dropping the counts instead would
+    /// lose them: a redelivered event comes back to this replica's dedupe.
     async fn flush(&mut self, held: &mut Vec<jetstream::Message>) {
         let live = self.rules.get();
         let rules_changed = !Arc::ptr_eq(&live, self.agg.rules());
-        if self.agg.is_empty() && held.is_empty() {
-            if rules_changed {
-                self.agg.set_rules(live);
+        // Every flush goes out, a heartbeat when nothing was counted: its
+        // time moves the detector's clock (`super::clock`).
+        let mut partial = self.agg.take();
+        partial.at = Some(now_ms());
+        partial.last = self.leaving;
+        let seq = partial.seq;
+        for (i, part) in partial.split(MAX_CELLS_PER_MESSAGE).into_iter().enumerate() {
+            match serde_json::to_vec(&part) {
+                Ok(body) => self.outbox.push_back((
+                    format!("{}-{seq}-{i}", self.msg_id_prefix),
+                    bytes::Bytes::from(body),
+                )),
+                Err(e) => tracing::error!(error = %e, "encoding counts failed"),
             }
-            return;
         }
-        let partial = self.agg.take();
         if rules_changed {
             self.agg.set_rules(live);
         }
-        let seq = partial.seq;
-        let mut published = true;
-        for (i, part) in partial.split(MAX_CELLS_PER_MESSAGE).into_iter().enumerate() {
-            let body = match serde_json::to_vec(&part) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "encoding counts failed");
-                    published = false;
-                    break;
-                }
-            };
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                "Nats-Msg-Id",
-                format!("{}-{seq}-{i}", self.msg_id_prefix).as_str(),
+        if self.outbox.len() > MAX_OUTBOX {
+            let dropped = self.outbox.len() - MAX_OUTBOX;
+            self.outbox.drain(..dropped);
+            tracing::error!(
+                messages = dropped,
+                "the partials stream refused counts for too long; the oldest are dropped"
             );
-            // Retried with the same message id: the stream keeps one copy
-            // whichever attempt landed (its duplicate window). A NATS node
-            // going down takes a few seconds of stream leader election.
-            let body = bytes::Bytes::from(body);
-            let mut outcome = Err(String::new());
-            for attempt in 0..PUBLISH_ATTEMPTS {
-                let sent = async {
-                    self.js
-                        .publish_with_headers(self.subject.clone(), headers.clone(), body.clone())
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .await
-                        .map_err(|e| e.to_string())
-                };
-                outcome = match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err("timed out".into()),
-                };
-                if outcome.is_ok() {
-                    break;
+        }
+        while let Some((id, body)) = self.outbox.front() {
+            match self.publish(id, body.clone()).await {
+                Ok(()) => {
+                    self.metrics.partial_published();
+                    self.outbox.pop_front();
                 }
-                if attempt + 1 < PUBLISH_ATTEMPTS {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-            match outcome {
-                Ok(()) => self.metrics.partial_published(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "publishing counts failed; their events will be redelivered");
-                    published = false;
+                    if self.failing_since.is_none() {
+                        self.failing_since = Some(Instant::now());
+                        tracing::warn!(error = %e, "publishing counts failed; retrying them at every flush");
+                    }
                     break;
                 }
             }
         }
-        if !published {
-            // Not acked: the server redelivers them once ack_wait passes.
-            held.clear();
-            return;
+        if let Some(since) = self.failing_since {
+            if !self.outbox.is_empty() {
+                // Keep the server from redelivering the held events elsewhere.
+                let due = self
+                    .last_progress
+                    .is_none_or(|t| t.elapsed() >= self.ack_wait / 3);
+                if due {
+                    self.last_progress = Some(Instant::now());
+                    for msg in held.iter() {
+                        let _ = msg.ack_with(jetstream::AckKind::Progress).await;
+                    }
+                }
+                return;
+            }
+            tracing::info!(
+                after_ms = since.elapsed().as_millis() as u64,
+                "counts published again"
+            );
+            self.failing_since = None;
+            self.last_progress = None;
         }
         for msg in held.drain(..) {
             self.metrics.event_accepted();
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, "NATS ack failed; the event will be redelivered");
             }
+        }
+    }
+
+    /// One try at storing a counts message, awaiting the stream's ack. Retries
+    /// reuse the id: the stream keeps one copy whichever try landed.
+    async fn publish(&self, id: &str, body: bytes::Bytes) -> Result<(), String> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        let sent = async {
+            self.js
+                .publish_with_headers(self.subject.clone(), headers, body)
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("timed out".into()),
         }
     }
 }
