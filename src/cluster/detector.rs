@@ -285,13 +285,14 @@ async fn follow(
             },
             (got, failed) = fetched => {
                 in_flight = None;
-                tracing::debug!(
-                    messages = got.len(),
-                    failed = failed.as_deref().unwrap_or(""),
-                    reader = reader.is_some(),
-                    last_seq,
-                    "counts fetched"
-                );
+                if got.is_empty() {
+                    tracing::debug!(
+                        failed = failed.as_deref().unwrap_or(""),
+                        reader = reader.is_some(),
+                        last_seq,
+                        "no counts fetched"
+                    );
+                }
                 let mut read = 0usize;
                 for msg in got {
                     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
