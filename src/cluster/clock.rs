@@ -68,10 +68,7 @@ impl CountsClock {
             self.latest
                 .retain(|_, (_, t)| heard.saturating_duration_since(*t) <= idle);
         }
-        let earliest = self.latest.values().map(|(t, _)| *t).min().unwrap_or(at);
-        let now = self.now.map_or(earliest, |n| n.max(earliest));
-        self.now = Some(now);
-        now
+        self.advance(at)
     }
 
     /// Notes `node`'s last flush (it is stopping): the clock no longer waits
@@ -79,7 +76,18 @@ impl CountsClock {
     pub fn leave(&mut self, node: &str, at: i64, heard: Instant) -> i64 {
         self.note(node, at, heard);
         self.latest.remove(node);
-        let earliest = self.latest.values().map(|(t, _)| *t).min().unwrap_or(at);
+        self.advance(at)
+    }
+
+    /// Moves the clock to the earliest replica's flush (`fallback` when none
+    /// is waited for), never back.
+    fn advance(&mut self, fallback: i64) -> i64 {
+        let earliest = self
+            .latest
+            .values()
+            .map(|(t, _)| *t)
+            .min()
+            .unwrap_or(fallback);
         let now = self.now.map_or(earliest, |n| n.max(earliest));
         self.now = Some(now);
         now

@@ -200,17 +200,9 @@ async fn follow(
     let mut info = d.partials.clone();
     // Where the replay ends; unknown (the stream did not answer in time),
     // it ends at the first silence of a live reader.
-    let end = match tokio::time::timeout(bound, info.info()).await {
-        Ok(Ok(i)) => Some(i.state.last_sequence),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "the partials stream did not say where it ends");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("the partials stream did not say where it ends in time");
-            None
-        }
-    };
+    let end = within(bound, info.info(), "asking where the partials stream ends")
+        .await
+        .map(|i| i.state.last_sequence);
     let span = chrono::Duration::from_std(d.replay_span).unwrap_or(chrono::Duration::MAX);
     let start_time = chrono::Utc::now()
         .checked_sub_signed(span)
@@ -434,14 +426,24 @@ async fn open_reader_within(
     policy: consumer::DeliverPolicy,
     bound: Duration,
 ) -> Option<consumer::PullConsumer> {
-    match tokio::time::timeout(bound, open_reader(d, policy)).await {
-        Ok(Ok(c)) => Some(c),
+    within(bound, open_reader(d, policy), "opening the counts reader").await
+}
+
+/// A NATS call bounded by `bound`; `None` (warned, naming `what`) when it
+/// failed or took longer.
+async fn within<T, E: std::fmt::Display>(
+    bound: Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+    what: &str,
+) -> Option<T> {
+    match tokio::time::timeout(bound, call).await {
+        Ok(Ok(v)) => Some(v),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "opening the counts reader failed; retrying");
+            tracing::warn!(error = %e, "{what} failed");
             None
         }
         Err(_) => {
-            tracing::warn!("opening the counts reader timed out; retrying");
+            tracing::warn!("{what} timed out");
             None
         }
     }
