@@ -80,6 +80,11 @@ struct RuleState {
     incidents: IncidentManager,
     /// Seasonal settings, when `baseline.seasonality` is on.
     season: Option<Season>,
+    /// Counts for steps further ahead of `next_step` than the cells' rings
+    /// hold without overwriting the window still to evaluate, by step
+    /// ([`RuleState::count`]); `held_len` entries in all.
+    held: BTreeMap<i64, Vec<(Key, u32, u32)>>,
+    held_len: usize,
 }
 
 impl RuleState {
@@ -101,12 +106,54 @@ impl RuleState {
             next_step: None,
             criteria,
             incidents: IncidentManager::default(),
+            held: BTreeMap::new(),
+            held_len: 0,
             rule,
         }
     }
 
     fn volume_rule(&self) -> bool {
         self.rule.rule.detector == Detector::VolumeDrop
+    }
+
+    /// Counts `attempts` (`failures` among them) of cell `key` at `step`.
+    ///
+    /// A cell's ring holds the window plus the allowed lateness. An event
+    /// never lands further ahead (the watermark follows the newest event),
+    /// but a cluster detector's clock is its slowest replica's, and a fast
+    /// replica's counts (its backlog, flushed once NATS is back) can be many
+    /// steps ahead: written into the ring they would overwrite steps not yet
+    /// evaluated, and the baseline would learn the broken windows. Those are
+    /// held until the evaluation reaches them ([`RuleState::release_held`]).
+    fn count(&mut self, key: Key, step: i64, attempts: u32, failures: u32) {
+        match self.next_step {
+            Some(next) if step > next + self.cells.steps_ahead() => {
+                self.held
+                    .entry(step)
+                    .or_default()
+                    .push((key, attempts, failures));
+                self.held_len += 1;
+            }
+            _ => {
+                self.cells.add_counts(key, step, attempts, failures);
+            }
+        }
+    }
+
+    /// Moves the held counts the rings can take now that `next` is the next
+    /// step to evaluate.
+    fn release_held(&mut self, next: i64) {
+        let reach = next + self.cells.steps_ahead();
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() > reach {
+                break;
+            }
+            let (step, counts) = entry.remove_entry();
+            self.held_len -= counts.len();
+            for (key, attempts, failures) in counts {
+                self.cells.add_counts(key, step, attempts, failures);
+            }
+        }
     }
 }
 
@@ -203,6 +250,9 @@ pub struct EngineStats {
     pub evaluations: u64,
     /// Cells evicted.
     pub evicted: u64,
+    /// Times counts held ahead of the evaluation filled their budget and
+    /// moved the evaluation on ([`Engine::ingest_counts`]).
+    pub forced: u64,
 }
 
 /// The detection engine for a rule set.
@@ -302,7 +352,7 @@ impl Engine {
             }
             let step = e.ts_ms.div_euclid(rs.step_ms);
             let failure = rs.rule.is_failure(e);
-            rs.cells.add(key, step, failure);
+            rs.count(key, step, 1, u32::from(failure));
             if rs.first_step.is_none() {
                 rs.first_step = Some(step);
                 rs.next_step = Some(step);
@@ -335,7 +385,10 @@ impl Engine {
     /// at `step` (epoch ms / the rule's step) for the cell of `values`, in the
     /// rule's dimension order. Counts for a step already evaluated are late.
     /// Time does not move: call [`Engine::observe`] with the sender's newest
-    /// event time once the batch is counted.
+    /// event time once the batch is counted. Counts far ahead of the
+    /// evaluation are held for their step; past `max_cells_per_rule` held
+    /// entries the evaluation is moved on to make room (the slowest sender's
+    /// counts for the steps it passes are then late), into `out`.
     pub fn ingest_counts(
         &mut self,
         index: usize,
@@ -343,6 +396,7 @@ impl Engine {
         step: i64,
         attempts: u32,
         failures: u32,
+        out: &mut Vec<Change>,
     ) -> Result<(), Skip> {
         let Some(rs) = self.rules.get_mut(index) else {
             return Err(Skip::Late);
@@ -355,14 +409,20 @@ impl Engine {
         for (slot, v) in key.iter_mut().zip(values.iter().take(rs.rule.dims.len())) {
             *slot = self.interner.intern(*v);
         }
-        rs.cells
-            .add_counts(key, step, attempts, failures.min(attempts));
+        rs.count(key, step, attempts, failures.min(attempts));
         if rs.first_step.is_none() {
             rs.first_step = Some(step);
             rs.next_step = Some(step);
             self.next_due_ms = self.next_due_ms.min((step + 1) * rs.step_ms);
         }
         self.stats.accepted += u64::from(attempts);
+        if rs.held_len > self.max_cells {
+            // Evaluate up to where the earliest held step fits.
+            let earliest = rs.held.keys().next().copied().unwrap_or(step);
+            let watermark = (earliest - rs.cells.steps_ahead()) * rs.step_ms;
+            self.stats.forced += 1;
+            self.advance_to(watermark, out);
+        }
         Ok(())
     }
 
@@ -484,15 +544,19 @@ impl Engine {
             let keep =
                 (rs.cells.window_steps as i64 + rs.rule.rule.resolve_after as i64 + 4).max(16);
             if last - s > 4 * keep {
-                s = last - keep;
+                // Not past counts held for a step (they are not a silence).
+                let held = rs.held.keys().next().map_or(i64::MAX, |h| h - keep);
+                s = s.max((last - keep).min(held));
             }
             while s <= last {
+                rs.release_held(s);
                 if let Some(steps) = &mut self.cell_steps {
                     record_steps(rs, s, &self.interner, steps);
                 }
                 evaluate(rs, s, &self.interner, self.max_cells, &mut self.stats, out);
                 s += 1;
             }
+            rs.release_held(s);
             rs.next_step = Some(s);
             next_due = next_due.min((s + 1) * rs.step_ms);
         }
@@ -1437,6 +1501,126 @@ mod tests {
     fn steady_traffic_and_duplicates_open_nothing() {
         let changes = run(60, |_, _, _, _| None);
         assert!(opened(&changes).is_empty());
+    }
+
+    /// A cluster detector's clock is its slowest replica's, so a fast
+    /// replica's counts can arrive many steps ahead of the step evaluated
+    /// (its backlog flushed after NATS came back, or the others' waited for).
+    /// They must be held, not written over the steps still to evaluate: the
+    /// outcome is the same as counts arriving in step order.
+    #[test]
+    fn counts_far_ahead_of_the_clock_are_held_until_their_step() {
+        let rule = r#"
+rules:
+  - name: auth_failures
+    kind: auth
+    failures: [failure]
+    dimensions: [provider, region]
+    window: 10s
+    step: 2s
+    baseline: { horizon: 2m, warmup: 20s, prior_events: 50 }
+    thresholds: { min_events: 20, min_failures: 8, min_lift: 2.0, min_rate_increase: 0.05, false_alarm_rate: 0.0001 }
+    open_after: 2
+    resolve_after: 3
+    severity: critical
+"#;
+        let rules = RuleSet::from_sources(&[("auth.yaml".into(), rule.into())]).unwrap();
+        let opts = EngineOptions {
+            lateness_ms: 5_000,
+            ..EngineOptions::default()
+        };
+        let providers = ["alpha", "bravo", "charlie", "delta", "echo"];
+        // One replica's share of step `s` for every cell: 20 attempts, one
+        // failing; charlie fails 10 of 20 from step 60 on.
+        let share = |engine: &mut Engine, out: &mut Vec<Change>, s: i64| {
+            for p in providers {
+                let f = if p == "charlie" && s >= 60 { 10 } else { 1 };
+                engine
+                    .ingest_counts(0, &[Some(p), Some("us-east-1")], s, 20, f, out)
+                    .unwrap();
+            }
+        };
+        let feed = |ahead: i64| {
+            let mut engine = Engine::new(&rules, &opts);
+            let mut out = Vec::new();
+            for s in 0..ahead {
+                share(&mut engine, &mut out, s);
+            }
+            for s in 0..100 {
+                // The fast replica's counts `ahead` steps early, the slow
+                // one's on time; the clock is the slow one's.
+                share(&mut engine, &mut out, s + ahead);
+                share(&mut engine, &mut out, s);
+                engine.observe((s + 1) * 2_000, &mut out);
+            }
+            let dims = [("provider", "charlie"), ("region", "us-east-1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let at = engine.last_step_end("auth_failures").unwrap() - 1;
+            let why = engine.explain("auth_failures", &dims, at).unwrap();
+            (
+                opened(&out).into_iter().cloned().collect::<Vec<_>>(),
+                why.attempts,
+                why.failures,
+                why.baseline_rate,
+            )
+        };
+        let in_order = feed(0);
+        assert_eq!(
+            in_order.0.len(),
+            1,
+            "the outage opens in order: {:#?}",
+            in_order.0
+        );
+        for ahead in [4, 8, 30] {
+            let skewed = feed(ahead);
+            assert_eq!(
+                (skewed.1, skewed.2, skewed.3),
+                (in_order.1, in_order.2, in_order.3),
+                "{ahead} steps ahead: the windows and baselines differ"
+            );
+            assert_eq!(
+                skewed.0, in_order.0,
+                "{ahead} steps ahead: the incidents differ"
+            );
+        }
+    }
+
+    /// Held counts are bounded: past `max_cells_per_rule` entries the
+    /// evaluation moves on, and what the slowest sender sends for the steps
+    /// it passed is late.
+    #[test]
+    fn counts_held_ahead_are_bounded() {
+        let rules = RuleSet::embedded();
+        let opts = EngineOptions {
+            max_cells_per_rule: 8,
+            ..EngineOptions::default()
+        };
+        let mut engine = Engine::new(&rules, &opts);
+        let index = engine
+            .rule_index("auth_technical_failures")
+            .expect("the shipped auth rule");
+        let (_, dims) = engine.rule_shape(index).unwrap();
+        let values = vec![Some("p"); dims];
+        let mut out = Vec::new();
+        engine
+            .ingest_counts(index, &values, 1_000, 10, 1, &mut out)
+            .unwrap();
+        for s in 1_100..1_120 {
+            engine
+                .ingest_counts(index, &values, s, 10, 1, &mut out)
+                .unwrap();
+        }
+        let rs = &engine.rules[index];
+        assert!(rs.held_len <= 8, "held {}", rs.held_len);
+        assert!(engine.stats().forced > 0);
+        let next = rs.next_step.unwrap();
+        assert!(next > 1_000 && next < 1_120, "moved on to {next}");
+        assert_eq!(
+            engine.ingest_counts(index, &values, next - 1, 10, 1, &mut out),
+            Err(Skip::Late)
+        );
     }
 
     #[test]

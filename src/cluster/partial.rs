@@ -108,7 +108,7 @@ impl Partial {
                 }
                 values.clear();
                 values.extend(vals.iter().map(|v| v.as_deref()));
-                match engine.ingest_counts(index, &values, *step, *n, *f) {
+                match engine.ingest_counts(index, &values, *step, *n, *f, out) {
                     Ok(()) => fed.accepted += u64::from(*n),
                     Err(_) => fed.late += u64::from(*n),
                 }

@@ -215,6 +215,13 @@ impl Cells {
             .add(step, failure)
     }
 
+    /// How many steps past the next one to evaluate the rings hold without
+    /// overwriting that step's window or the step leaving it (which
+    /// [`Cell::window_at`] subtracts).
+    pub fn steps_ahead(&self) -> i64 {
+        (self.ring_len - self.window_steps) as i64 - 1
+    }
+
     /// Counts `attempts` with `failures` among them at once.
     pub fn add_counts(&mut self, key: Key, step: i64, attempts: u32, failures: u32) -> bool {
         let ring_len = self.ring_len;
