@@ -103,6 +103,25 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The index of the NATS node leading `stream` (names are `n1`..`n3`).
+    fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let client = async_nats::connect(self.nats_urls()).await.ok()?;
+            let js = async_nats::jetstream::new(client);
+            let mut s = js.get_stream(stream).await.ok()?;
+            let leader = s.info().await.ok()?.cluster.as_ref()?.leader.clone()?;
+            leader
+                .strip_prefix('n')?
+                .parse::<usize>()
+                .ok()?
+                .checked_sub(1)
+        })
+    }
+
     fn nats_urls(&self) -> String {
         self.nats
             .iter()
@@ -265,14 +284,7 @@ impl Cluster {
                 // The detector's view of the outage's cell.
                 let view = match (&self.probe, metrics.contains("faultline_cluster_leader 1")) {
                     (Some((provider, region)), true) => {
-                        let dims = format!("provider={provider},region={region}");
-                        let (_, explain) = http(
-                            r.port,
-                            "GET",
-                            &format!("/explain?rule=auth_failures&dims={}", q(&dims)),
-                            Some("r3ad"),
-                            b"",
-                        );
+                        let explain = explain_cell(r.port, provider, region);
                         let (_, incidents) = http(r.port, "GET", "/incidents", Some("r3ad"), b"");
                         let cut = |s: &str| s.chars().take(3000).collect::<String>();
                         format!("explain: {}\nincidents: {}", cut(&explain), cut(&incidents))
@@ -287,7 +299,121 @@ impl Cluster {
             })
             .collect::<Vec<_>>()
             .join("\n")
+            + "\n"
+            + &self.summary()
     }
+
+    /// A few lines on where each replica stands, last in a failure report
+    /// (CI shows a failure's tail): its role, counts in and out, the
+    /// detector's view of the outage's cell, its last cluster log lines.
+    fn summary(&self) -> String {
+        let mut out = String::from("=== summary ===\n");
+        for r in &self.replicas {
+            let up =
+                r.child.is_some() && std::net::TcpStream::connect(("127.0.0.1", r.port)).is_ok();
+            let m = |name: &str| metric(r.port, name).map_or("-".to_string(), |v| v.to_string());
+            if up {
+                out += &format!(
+                    "{}: leader={} terms={} fed={} gap={} lag={}s accepted={} published={}\n",
+                    r.node,
+                    m("faultline_cluster_leader"),
+                    m("faultline_cluster_leaderships_total"),
+                    m("faultline_cluster_counts_read_total{what=\"fed\"}"),
+                    m("faultline_cluster_counts_read_total{what=\"gap\"}"),
+                    m("faultline_cluster_counts_lag_seconds"),
+                    m("faultline_events_accepted_total"),
+                    m("faultline_cluster_partials_published_total"),
+                );
+            } else {
+                out += &format!("{}: not running\n", r.node);
+            }
+            if let (true, Some((provider, region))) = (
+                up && metric(r.port, "faultline_cluster_leader") == Some(1.0),
+                &self.probe,
+            ) {
+                let body = explain_cell(r.port, provider, region);
+                let e = serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default();
+                let f = |k: &str| e.get(k).map_or("?".to_string(), |v| v.to_string());
+                out += &format!(
+                    "  explain {provider}/{region}: warm={} n={} f={} baseline={} stat={} threshold={} chosen={} step_end={}\n",
+                    f("warm"),
+                    f("attempts"),
+                    f("failures"),
+                    f("baseline_rate"),
+                    f("statistic"),
+                    f("threshold"),
+                    f("chosen"),
+                    f("step_end_ms"),
+                );
+            }
+            let text = std::fs::read_to_string(&r.log).unwrap_or_default();
+            let last: Vec<String> = text
+                .lines()
+                .filter(|l| !l.contains("DEBUG") && l.contains("faultline::cluster"))
+                .rev()
+                .take(3)
+                .map(|l| strip_ansi(l).chars().take(200).collect())
+                .collect();
+            for l in last.into_iter().rev() {
+                out += &format!("  {l}\n");
+            }
+        }
+        // The outage cell's steps as the detectors evaluated them (seconds
+        // into the hour, attempts/failures/baseline): where a baseline
+        // learned what it should have flagged.
+        if let Some((provider, region)) = &self.probe {
+            let rows = self
+                .clickhouse
+                .try_sql(&format!(
+                    "SELECT toUnixTimestamp(ts) % 3600, attempts, failures, round(baseline, 3) \
+                     FROM faultline.cell_steps WHERE provider = '{provider}' \
+                     AND region = '{region}' ORDER BY ts, inserted_at FORMAT TSV"
+                ))
+                .unwrap_or_else(|e| e);
+            let steps: Vec<String> = rows
+                .lines()
+                .map(|l| l.split('\t').collect::<Vec<_>>().join("/"))
+                .collect();
+            let from = steps.len().saturating_sub(60);
+            out += &format!(
+                "steps of {provider}/{region}: {}\n",
+                steps[from..].join(" ")
+            );
+        }
+        out
+    }
+}
+
+/// The detector's `/explain` of the cell `provider`/`region` (JSON).
+fn explain_cell(port: u16, provider: &str, region: &str) -> String {
+    let dims = format!("provider={provider},region={region}");
+    let (_, body) = http(
+        port,
+        "GET",
+        &format!("/explain?rule=auth_failures&dims={}", q(&dims)),
+        Some("r3ad"),
+        b"",
+    );
+    body
+}
+
+/// `line` without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Up to and including the final letter of the sequence.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn write_config(dir: &Path, node: &str) {
@@ -342,17 +468,23 @@ fn traffic(
             let js = async_nats::jetstream::new(client);
             let mut n: u64 = 0;
             let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut ticks: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
+                ticks += 1;
                 let now = chrono::Utc::now();
                 let faulted = faults.lock().unwrap().clone();
                 let mut acks = Vec::new();
                 for p in PROVIDERS {
                     for r in REGIONS {
                         let bad = faulted.iter().any(|(fp, fr)| fp == p && fr == r);
-                        for _ in 0..2 {
+                        for j in 0..2 {
                             n += 1;
-                            let fail = if bad { n % 10 != 0 } else { n % 50 == 0 };
+                            // Counted per cell (the tick's k-th of the cell):
+                            // a global count steps by 20 a tick and gave some
+                            // cells 0% and others 10% failing.
+                            let k = ticks * 2 + j;
+                            let fail = if bad { k % 10 != 0 } else { k % 50 == 0 };
                             let body = serde_json::json!({
                                 "id": format!("ev-{n}"),
                                 "ts": now.to_rfc3339(),
@@ -482,8 +614,13 @@ fn every_fault_ends_as_exactly_one_incident_and_one_slack_post() {
                 killed_replica = Some(l);
             }
             "NATS node killed" => {
-                cluster.nats[1].kill();
-                killed_nats = Some(1);
+                // The node leading the lease bucket: the hardest one to lose,
+                // as the detector cannot renew and steps down mid-outage, and
+                // a standby takes over while the cluster elects new leaders.
+                let node = cluster.stream_leader("KV_faultline_lease").unwrap_or(1);
+                eprintln!("  killing NATS node n{}", node + 1);
+                cluster.nats[node].kill();
+                killed_nats = Some(node);
             }
             "ClickHouse killed" => {
                 cluster.clickhouse.kill();
