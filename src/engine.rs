@@ -119,8 +119,9 @@ impl RuleState {
     /// Counts `attempts` (`failures` among them) of cell `key` at `step`.
     ///
     /// A cell's ring holds the window plus the allowed lateness. An event
-    /// never lands further ahead (the watermark follows the newest event),
-    /// but a cluster detector's clock is its slowest replica's, and a fast
+    /// lands further ahead only after a gap in event time, and is released at
+    /// once (its ingest moves the watermark and evaluates up to it); but a
+    /// cluster detector's clock is its slowest replica's, and a fast
     /// replica's counts (its backlog, flushed once NATS is back) can be many
     /// steps ahead: written into the ring they would overwrite steps not yet
     /// evaluated, and the baseline would learn the broken windows. Those are
