@@ -311,7 +311,7 @@ impl Metrics {
     }
 
     /// On the detector: one counts message read, by what became of it
-    /// (`fed`, `repeat`, `other_version`, `unreadable`).
+    /// (`fed`, `repeat`, `gap`, `other_version`, `unreadable`).
     pub fn counts_read(&self, what: &str) {
         self.cluster_counts_read.add(what, 1);
     }

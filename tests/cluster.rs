@@ -78,6 +78,11 @@ struct Replica {
 }
 
 impl Replica {
+    /// Running, and its HTTP port answers.
+    fn answers(&self) -> bool {
+        self.child.is_some() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -265,9 +270,7 @@ impl Cluster {
                     .take(80)
                     .collect();
                 // Where the counts stopped: events in, counts out, counts in.
-                let metrics = if r.child.is_some()
-                    && std::net::TcpStream::connect(("127.0.0.1", r.port)).is_ok()
-                {
+                let metrics = if r.answers() {
                     let (_, body) = http(r.port, "GET", "/metrics", None, b"");
                     body.lines()
                         .filter(|l| {
@@ -281,18 +284,8 @@ impl Cluster {
                 } else {
                     "(not running)".to_string()
                 };
-                // The detector's view of the outage's cell.
-                let view = match (&self.probe, metrics.contains("faultline_cluster_leader 1")) {
-                    (Some((provider, region)), true) => {
-                        let explain = explain_cell(r.port, provider, region);
-                        let (_, incidents) = http(r.port, "GET", "/incidents", Some("r3ad"), b"");
-                        let cut = |s: &str| s.chars().take(3000).collect::<String>();
-                        format!("explain: {}\nincidents: {}", cut(&explain), cut(&incidents))
-                    }
-                    _ => String::new(),
-                };
                 format!(
-                    "--- {} ---\n{}\n{metrics}\n{view}",
+                    "--- {} ---\n{}\n{metrics}",
                     r.node,
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
@@ -305,12 +298,12 @@ impl Cluster {
 
     /// A few lines on where each replica stands, last in a failure report
     /// (CI shows a failure's tail): its role, counts in and out, the
-    /// detector's view of the outage's cell, its last cluster log lines.
+    /// detector's view of the outage's cell (the conditions it failed) and
+    /// open incidents, its last cluster log lines.
     fn summary(&self) -> String {
         let mut out = String::from("=== summary ===\n");
         for r in &self.replicas {
-            let up =
-                r.child.is_some() && std::net::TcpStream::connect(("127.0.0.1", r.port)).is_ok();
+            let up = r.answers();
             let m = |name: &str| metric(r.port, name).map_or("-".to_string(), |v| v.to_string());
             if up {
                 out += &format!(
@@ -331,18 +324,34 @@ impl Cluster {
                 up && metric(r.port, "faultline_cluster_leader") == Some(1.0),
                 &self.probe,
             ) {
-                let body = explain_cell(r.port, provider, region);
+                let dims = format!("provider={provider},region={region}");
+                let (_, body) = http(
+                    r.port,
+                    "GET",
+                    &format!("/explain?rule=auth_failures&dims={}", q(&dims)),
+                    Some("r3ad"),
+                    b"",
+                );
                 let e = serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default();
                 let f = |k: &str| e.get(k).map_or("?".to_string(), |v| v.to_string());
+                let failed: Vec<String> = e["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["held"] == false)
+                    .map(|c| format!("{}={}", c["name"].as_str().unwrap_or("?"), c["actual"]))
+                    .collect();
+                let (_, incidents) = http(r.port, "GET", "/incidents", Some("r3ad"), b"");
+                let open = incidents.matches("\"status\":\"open\"").count();
                 out += &format!(
-                    "  explain {provider}/{region}: warm={} n={} f={} baseline={} stat={} threshold={} chosen={} step_end={}\n",
+                    "  explain {provider}/{region}: warm={} n={} f={} baseline={} stat={} threshold={} failed=[{}] step_end={}; open incidents: {open}\n",
                     f("warm"),
                     f("attempts"),
                     f("failures"),
                     f("baseline_rate"),
                     f("statistic"),
                     f("threshold"),
-                    f("chosen"),
+                    failed.join(" "),
                     f("step_end_ms"),
                 );
             }
@@ -382,19 +391,6 @@ impl Cluster {
         }
         out
     }
-}
-
-/// The detector's `/explain` of the cell `provider`/`region` (JSON).
-fn explain_cell(port: u16, provider: &str, region: &str) -> String {
-    let dims = format!("provider={provider},region={region}");
-    let (_, body) = http(
-        port,
-        "GET",
-        &format!("/explain?rule=auth_failures&dims={}", q(&dims)),
-        Some("r3ad"),
-        b"",
-    );
-    body
 }
 
 /// `line` without its terminal colour codes.

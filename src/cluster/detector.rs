@@ -230,25 +230,13 @@ async fn follow(
     let mut silent_since = std::time::Instant::now();
     let metrics = &d.outputs.metrics;
     let mut clock = CountsClock::new(d.counts_idle);
-    let mut lag_told = false;
+    let mut lag = LagWatch::default();
     // The batch being fetched: kept across lease renewals, so none is lost.
     let mut in_flight: Option<Fetch> = None;
     let mut reopen_at = tokio::time::Instant::now() + REOPEN_WAIT;
     loop {
         if let Some(now) = clock.now() {
-            let behind = chrono::Utc::now().timestamp_millis().saturating_sub(now);
-            let behind = Duration::from_millis(behind.max(0) as u64);
-            metrics.set_counts_lag(behind);
-            if !catching_up && !lag_told && behind > 3 * d.counts_idle {
-                lag_told = true;
-                tracing::warn!(
-                    behind_ms = behind.as_millis() as u64,
-                    "the replicas' counts are late; detection waits for them"
-                );
-            } else if lag_told && behind < d.counts_idle {
-                lag_told = false;
-                tracing::info!("the replicas' counts are on time again");
-            }
+            lag.check(now, !catching_up, d.counts_idle, metrics);
         }
         if in_flight.is_none() {
             in_flight = reader.as_ref().map(|r| fetch(r.clone(), FETCH_WAIT));
@@ -303,34 +291,14 @@ async fn follow(
                     fresh = false;
                     read += 1;
                     last_seq = last_seq.max(seq);
-                    match serde_json::from_slice::<Partial>(&msg.payload) {
-                        Ok(mut p) if p.v == super::partial::VERSION => {
-                            // Time is the replicas' (see `clock`): what moves the
-                            // watermark is the slowest live replica's flush.
-                            if let Some(at) = p.at {
-                                let heard = std::time::Instant::now();
-                                let now = if p.last {
-                                    clock.leave(&p.node, at, heard)
-                                } else {
-                                    clock.note(&p.node, at, heard)
-                                };
-                                p.max_ts = Some(now);
-                                catch_up.limit_clock(now);
-                            }
-                            metrics.counts_read("fed");
-                            if tx.send(p).await.is_err() {
-                                return Err(nats_err("engine", &"the engine stopped"));
-                            }
-                            replayed += catching_up as u64;
+                    if let Some(p) = decode(&msg.payload, seq, &mut clock, metrics) {
+                        if let Some(now) = p.at.and(p.max_ts) {
+                            catch_up.limit_clock(now);
                         }
-                        Ok(p) => {
-                            metrics.counts_read("other_version");
-                            tracing::warn!(version = p.v, "counts of another wire version skipped");
+                        if tx.send(p).await.is_err() {
+                            return Err(nats_err("engine", &"the engine stopped"));
                         }
-                        Err(e) => {
-                            metrics.counts_read("unreadable");
-                            tracing::warn!(error = %e, seq, "unreadable counts skipped");
-                        }
+                        replayed += catching_up as u64;
                     }
                     if catching_up && end.is_some_and(|end| seq >= end) {
                         catching_up = false;
@@ -379,6 +347,67 @@ async fn follow(
     }
 }
 
+/// One counts message, counted by what became of it, its time the replicas'
+/// clock ([`CountsClock`]), which it moves: the slowest live replica's flush
+/// is what moves the watermark. `None` (warned) when it is not for this build.
+fn decode(
+    payload: &[u8],
+    seq: u64,
+    clock: &mut CountsClock,
+    metrics: &crate::metrics::Metrics,
+) -> Option<Partial> {
+    let mut p = match serde_json::from_slice::<Partial>(payload) {
+        Ok(p) if p.v == super::partial::VERSION => p,
+        Ok(p) => {
+            metrics.counts_read("other_version");
+            tracing::warn!(version = p.v, "counts of another wire version skipped");
+            return None;
+        }
+        Err(e) => {
+            metrics.counts_read("unreadable");
+            tracing::warn!(error = %e, seq, "unreadable counts skipped");
+            return None;
+        }
+    };
+    if let Some(at) = p.at {
+        let heard = std::time::Instant::now();
+        p.max_ts = Some(if p.last {
+            clock.leave(&p.node, at, heard)
+        } else {
+            clock.note(&p.node, at, heard)
+        });
+    }
+    metrics.counts_read("fed");
+    Some(p)
+}
+
+/// How far the detector's clock is behind the wall clock: the metric, and a
+/// log line when it falls more than three waits behind and when it is back.
+#[derive(Default)]
+struct LagWatch {
+    told: bool,
+}
+
+impl LagWatch {
+    /// `now` is the clock; `live` once the replay is done (a replay is behind
+    /// by design).
+    fn check(&mut self, now: i64, live: bool, idle: Duration, metrics: &crate::metrics::Metrics) {
+        let behind = chrono::Utc::now().timestamp_millis().saturating_sub(now);
+        let behind = Duration::from_millis(behind.max(0) as u64);
+        metrics.set_counts_lag(behind);
+        if live && !self.told && behind > 3 * idle {
+            self.told = true;
+            tracing::warn!(
+                behind_ms = behind.as_millis() as u64,
+                "the replicas' counts are late; detection waits for them"
+            );
+        } else if self.told && behind < idle {
+            self.told = false;
+            tracing::info!("the replicas' counts are on time again");
+        }
+    }
+}
+
 /// How long the counts may stay silent before the reader is replaced.
 const READER_SILENCE: Duration = Duration::from_secs(5);
 /// The pause between tries at opening a reader.
@@ -411,11 +440,9 @@ fn fetch(reader: consumer::PullConsumer, wait: Duration) -> Fetch {
             }
             Ok::<(), String>(())
         };
-        let failed = match tokio::time::timeout(wait + Duration::from_secs(1), run).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(_) => Some("timed out".to_string()),
-        };
+        let failed = super::bounded(wait + Duration::from_secs(1), run)
+            .await
+            .err();
         (got, failed)
     })
 }
@@ -436,17 +463,10 @@ async fn within<T, E: std::fmt::Display>(
     call: impl std::future::Future<Output = Result<T, E>>,
     what: &str,
 ) -> Option<T> {
-    match tokio::time::timeout(bound, call).await {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "{what} failed");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("{what} timed out");
-            None
-        }
-    }
+    super::bounded(bound, call)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "{what} failed"))
+        .ok()
 }
 
 /// A reader of the partials stream from `policy`: an ephemeral pull consumer

@@ -35,6 +35,17 @@ pub enum ClusterError {
     },
 }
 
+/// `call` within `limit`, its error or the timeout as text.
+pub(crate) async fn bounded<T, E: std::fmt::Display>(
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
 /// A short random name for this process's life (with the node name, the lease
 /// holder and the prefix of message ids).
 pub fn boot_id() -> String {

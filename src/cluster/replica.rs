@@ -415,10 +415,6 @@ impl Replica {
                 .await
                 .map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, sent).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("timed out".into()),
-        }
+        super::bounded(PUBLISH_TIMEOUT, sent).await.map(drop)
     }
 }

@@ -123,13 +123,8 @@ impl Cell {
         self.head = step;
     }
 
-    /// Adds one attempt at `step`. False when the step is outside the ring (too old).
-    pub fn add(&mut self, step: i64, failure: bool) -> bool {
-        self.add_counts(step, 1, failure as u32)
-    }
-
-    /// Adds `attempts` and `failures` at `step` (a replica's pre-aggregated
-    /// share). False when the step is outside the ring (too old).
+    /// Adds `attempts` and `failures` at `step` (one event, or a replica's
+    /// pre-aggregated share). False when the step is outside the ring (too old).
     pub fn add_counts(&mut self, step: i64, attempts: u32, failures: u32) -> bool {
         self.roll_to(step);
         let len = self.ring.len() as i64;
@@ -206,15 +201,6 @@ impl Cells {
         }
     }
 
-    /// Counts one attempt.
-    pub fn add(&mut self, key: Key, step: i64, failure: bool) -> bool {
-        let ring_len = self.ring_len;
-        self.map
-            .entry(key)
-            .or_insert_with(|| Cell::new(ring_len, step))
-            .add(step, failure)
-    }
-
     /// How many steps past the next one to evaluate the rings hold without
     /// overwriting that step's window or the step leaving it (which
     /// [`Cell::window_at`] subtracts).
@@ -222,7 +208,8 @@ impl Cells {
         (self.ring_len - self.window_steps) as i64 - 1
     }
 
-    /// Counts `attempts` with `failures` among them at once.
+    /// Counts `attempts` of cell `key` at `step`, `failures` among them. False
+    /// when the step is outside the ring (too old).
     pub fn add_counts(&mut self, key: Key, step: i64, attempts: u32, failures: u32) -> bool {
         let ring_len = self.ring_len;
         self.map
@@ -272,7 +259,7 @@ mod tests {
         let mut c = Cells::new(4, 2);
         let k = [1, 2, 0, 0, 0, 0];
         for s in 0..10 {
-            c.add(k, s, s % 2 == 0);
+            c.add_counts(k, s, 1, u32::from(s % 2 == 0));
         }
         let cell = c.get(&k).unwrap();
         assert_eq!(cell.window(7, 4), Bucket { n: 4, f: 2 });
@@ -288,7 +275,7 @@ mod tests {
         for s in 0..40i64 {
             // Events arrive up to 3 steps ahead of the evaluated step.
             for a in 0..=(s % 3) {
-                c.add(k, s + 3, a == 0);
+                c.add_counts(k, s + 3, 1, u32::from(a == 0));
             }
             let cell = c.map.get_mut(&k).unwrap();
             let full = cell.window(s, 4);
@@ -300,10 +287,10 @@ mod tests {
     fn too_old_events_are_refused() {
         let mut c = Cells::new(2, 1);
         let k = [1, 0, 0, 0, 0, 0];
-        assert!(c.add(k, 10, false));
+        assert!(c.add_counts(k, 10, 1, 0));
         // The ring holds window + lookahead + 1 = 4 steps: 7..=10.
-        assert!(c.add(k, 7, false));
-        assert!(!c.add(k, 6, false));
+        assert!(c.add_counts(k, 7, 1, 0));
+        assert!(!c.add_counts(k, 6, 1, 0));
     }
 
     #[test]
@@ -321,7 +308,7 @@ mod tests {
             let mut c = Cells::new(6, 40);
             let k = [1, 0, 0, 0, 0, 0];
             for (s, f) in &events {
-                c.add(k, *s, *f);
+                c.add_counts(k, *s, 1, u32::from(*f));
             }
             let cell = c.get(&k).unwrap();
             let w = cell.window(last, 6);
