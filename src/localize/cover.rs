@@ -24,7 +24,13 @@
 //!    one unexplained abnormal leaf are examined, and each stops counting as soon as it
 //!    has seen enough normal leaves to be impure: the search prunes rather than
 //!    enumerates, which is what keeps 24 million leaves within seconds.
-//! 3. **Cutoff.** At most `max_causes` elements, largest absolute deviation first.
+//! 3. **Small pure elements must stand out of the noise's tail.** An element whose few
+//!    leaves all crossed `t` is pure, and Gaussian noise puts a few leaves in every
+//!    hundred there. When the unexplained leaves show such a tail (`Tail`), a pure
+//!    element's weakest leaf must pass the point beyond which noise would make fewer
+//!    than `tail_false` such elements in its layer. Bounded noise shows no tail, and
+//!    nothing is cut.
+//! 4. **Cutoff.** At most `max_causes` elements, largest absolute deviation first.
 //!
 //! Leaves live in a dense grid (the product of the dimension sizes, absent
 //! combinations neutral), so an element's leaves are enumerated by index arithmetic
@@ -49,6 +55,9 @@ pub struct CoverOptions {
     /// The threshold is then refined to this multiple of the mean absolute
     /// relative deviation of the leaves inside it.
     pub mean_multiple: f64,
+    /// Elements per layer that noise may be expected to make pure beyond the cut a
+    /// small element must pass, when the unexplained leaves show a tail (see `Tail`).
+    pub tail_false: f64,
     /// Lowest leaf threshold (relative deviation), whatever the noise.
     pub min_threshold: f64,
     /// Most elements reported.
@@ -64,6 +73,7 @@ impl Default for CoverOptions {
             deviation_multiple: 6.0,
             deviation_quantile: 0.25,
             mean_multiple: 3.0,
+            tail_false: 0.5,
             min_threshold: 0.05,
             max_causes: 5,
             predict_floor_quantile: 0.05,
@@ -132,13 +142,31 @@ impl Grid {
     }
 }
 
-fn classify(grid: &Grid, opts: &CoverOptions) -> (Vec<u8>, f64) {
+/// Relative deviation of a leaf, `None` for a neutral one (`real = predict = 0`).
+/// The denominator has a floor: leaves below the data's resolution (a forecast of
+/// 0.004 written as 0.00) must not look infinitely deviant.
+fn rel_dev(grid: &Grid, floor: f64, i: usize) -> Option<f64> {
+    let (r, p) = (grid.real[i], grid.predict[i]);
+    if p > 0.0 || r != 0.0 {
+        // max, not sum: leaves above the floor keep their plain relative
+        // deviation, so the noise estimate is not shrunk by the floor.
+        let den = p.max(floor);
+        Some(if den > 0.0 {
+            (r - p) / den
+        } else {
+            f64::INFINITY.copysign(r)
+        })
+    } else {
+        None
+    }
+}
+
+/// Leaf classes, the threshold `t` and the denominator's floor.
+fn classify(grid: &Grid, opts: &CoverOptions) -> (Vec<u8>, f64, f64) {
     let n = grid.real.len();
     // A sample is enough for quantiles; a fixed stride keeps it deterministic.
     let step = (n / 400_000).max(1);
-    // The denominator is at least a low quantile of the forecasts: leaves below the
-    // data's resolution (a forecast of 0.004 written as 0.00) must not look infinitely
-    // deviant.
+    // The floor is a low quantile of the positive forecasts.
     let mut small: Vec<f64> = (0..n)
         .step_by(step)
         .map(|i| grid.predict[i])
@@ -150,21 +178,7 @@ fn classify(grid: &Grid, opts: &CoverOptions) -> (Vec<u8>, f64) {
         let k = ((small.len() as f64 * opts.predict_floor_quantile) as usize).min(small.len() - 1);
         *small.select_nth_unstable_by(k, f64::total_cmp).1
     };
-    let dev = |i: usize| -> Option<f64> {
-        let (r, p) = (grid.real[i], grid.predict[i]);
-        if p > 0.0 || r != 0.0 {
-            // max, not sum: leaves above the floor keep their plain relative
-            // deviation, so the noise estimate is not shrunk by the floor.
-            let den = p.max(floor);
-            Some(if den > 0.0 {
-                (r - p) / den
-            } else {
-                f64::INFINITY.copysign(r)
-            })
-        } else {
-            None
-        }
-    };
+    let dev = |i: usize| rel_dev(grid, floor, i);
     let sample: Vec<f64> = (0..n).step_by(step).filter_map(dev).map(f64::abs).collect();
     let mut t = f64::INFINITY;
     for _ in 0..8 {
@@ -213,7 +227,7 @@ fn classify(grid: &Grid, opts: &CoverOptions) -> (Vec<u8>, f64) {
             Some(_) => NORMAL,
         })
         .collect();
-    (cls, t)
+    (cls, t, floor)
 }
 
 /// Walks the cells of one element: `fixed` holds (stride, value) per fixed dimension,
@@ -244,6 +258,73 @@ fn for_each_cell(base: usize, free: &[(usize, u32)], mut f: impl FnMut(usize) ->
     }
 }
 
+/// The tail of the noise beyond the leaf threshold `t`, as far as the leaves still
+/// unexplained show it.
+///
+/// Under noise with unbounded tails (Gaussian forecast errors) a few leaves in every
+/// hundred cross `t`, and an element whose few leaves all crossed it is pure: single
+/// leaves by the hundred, and with millions of leaves elements of three or four. The
+/// unexplained leaves hold that tail, but also the remnants of weak causes no element
+/// covered purely. Noise is taken as symmetric and remnants lean one way, so the tail
+/// is measured on the minority direction, which is almost all noise. When it holds
+/// at most `max_causes` leaves there is no tail to speak of (bounded noise) and
+/// nothing is cut; otherwise its excesses over `t` are fitted with an exponential
+/// (scale from the median, so a few true causes among them do not stretch it). The
+/// exponential's tail is heavier than the Gaussian's, so the cuts err high.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    /// Share of the non-neutral leaves beyond `t` in one direction.
+    rate: f64,
+    /// Mean excess over `t` of the exponential fit.
+    scale: f64,
+}
+
+impl Tail {
+    fn measure(
+        grid: &Grid,
+        floor: f64,
+        t: f64,
+        open: &[u32],
+        leaves: usize,
+        max_causes: usize,
+    ) -> Option<Tail> {
+        let (mut up, mut down): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+        for &i in open {
+            match rel_dev(grid, floor, i as usize) {
+                Some(x) if x.is_finite() && x > 0.0 => up.push(x - t),
+                Some(x) if x.is_finite() && x < 0.0 => down.push(-x - t),
+                _ => {}
+            }
+        }
+        let mut minority = if up.len() < down.len() { up } else { down };
+        if minority.len() <= max_causes || leaves == 0 {
+            return None;
+        }
+        let k = minority.len() / 2;
+        let median = *minority.select_nth_unstable_by(k, f64::total_cmp).1;
+        Some(Tail {
+            rate: minority.len() as f64 / leaves as f64,
+            scale: median.max(0.0) / std::f64::consts::LN_2,
+        })
+    }
+
+    /// The excess over `t` that the weakest of `abnormal` leaves (all one way) must
+    /// pass for an element among `elements` in its layer: beyond it, noise is expected
+    /// to make `tail_false` such elements. Each leaf is past `t` with chance `rate`,
+    /// and past `t + y` with `rate x exp(-y / scale)`, so the expected count is
+    /// `2 x elements x (rate x exp(-y / scale))^abnormal`. Zero when noise would
+    /// hardly make one at all.
+    fn cut(&self, abnormal: usize, elements: usize, tail_false: f64) -> f64 {
+        let a = abnormal.max(1) as f64;
+        let ln_expected = (2.0 * elements as f64).ln() + a * self.rate.ln() - tail_false.ln();
+        if ln_expected <= 0.0 {
+            0.0
+        } else {
+            self.scale * ln_expected / a
+        }
+    }
+}
+
 /// Localizes the deviation in a grid; elements carry value ids in `key`.
 pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
     let dims = grid.sizes.len().min(MAX_DIMS);
@@ -251,7 +332,7 @@ pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
         return Vec::new();
     }
     let strides = grid.strides();
-    let (cls, _t) = classify(grid, opts);
+    let (cls, t, floor) = classify(grid, opts);
     let mut open: Vec<u32> = (0..cls.len() as u32)
         .filter(|&i| cls[i as usize] >= UP)
         .collect();
@@ -262,6 +343,10 @@ pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
     masks.sort_by_key(|m| (m.count_ones(), *m));
     let mut depth = 0;
     let mut layer_closed: Vec<(usize, Vec<(usize, u32)>)> = Vec::new();
+    // The noise's tail, measured per layer when the first pure element comes up
+    // (from the leaves still unexplained then).
+    let mut layer_tail: Option<Option<Tail>> = None;
+    let leaves = cls.iter().filter(|&&c| c != NEUTRAL).count();
     for mask in masks {
         if mask.count_ones() != depth {
             // New layer: close the leaves of what the previous one found.
@@ -273,6 +358,7 @@ pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
             }
             open.retain(|&i| !closed[i as usize]);
             depth = mask.count_ones();
+            layer_tail = None;
         }
         if open.is_empty() {
             break;
@@ -283,6 +369,7 @@ pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
             .map(|d| (strides[d], grid.sizes[d]))
             .collect();
         let cells: usize = free.iter().map(|&(_, s)| s as usize).product();
+        let layer_elements: usize = fixed.iter().map(|&d| grid.sizes[d] as usize).product();
         // Elements holding unexplained abnormal leaves, by their base cell.
         let mut elems: FxHashMap<usize, u32> = FxHashMap::default();
         for &i in &open {
@@ -317,6 +404,31 @@ pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
             let purity = up.max(down) as f64 / nz as f64;
             if purity < opts.purity {
                 continue;
+            }
+            // Noise with long tails makes pure elements of a few leaves too: unless
+            // the layer is too small for that, the weakest leaf must stand out of
+            // the tail (see `Tail`).
+            let tail = *layer_tail.get_or_insert_with(|| {
+                Tail::measure(grid, floor, t, &open, leaves, opts.max_causes)
+            });
+            if let Some(tail) = tail {
+                let abnormal = up.max(down);
+                let cut = tail.cut(abnormal, layer_elements, opts.tail_false);
+                if cut > 0.0 {
+                    let want = if up >= down { UP } else { DOWN };
+                    let mut weakest = f64::INFINITY;
+                    for_each_cell(base, &free, |i| {
+                        if cls[i] == want {
+                            if let Some(x) = rel_dev(grid, floor, i) {
+                                weakest = weakest.min(x.abs() - t);
+                            }
+                        }
+                        true
+                    });
+                    if weakest <= cut {
+                        continue;
+                    }
+                }
             }
             let mut key = [0u32; MAX_DIMS];
             for &d in &fixed {
@@ -411,13 +523,56 @@ mod tests {
             g.predict[i] = 5.0;
             g.real[i] = 1.0;
         }
-        let (cls, t) = classify(&g, &CoverOptions::default());
+        let (cls, t, _) = classify(&g, &CoverOptions::default());
         assert!(t > 0.1 && t < 0.2, "threshold {t}");
         assert!(cls[90..].iter().all(|&c| c == NORMAL));
         assert!(cls[..90].iter().all(|&c| c == DOWN));
         let out = localize_grid(&g, &CoverOptions::default());
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!((out[0].mask, out[0].key[0]), (0b01, 0));
+    }
+
+    #[test]
+    fn gaussian_tails_do_not_make_single_leaves_causes() {
+        use statrs::distribution::{ContinuousCDF, Normal};
+        // 6,000 leaves with Gaussian noise (sigma 0.05, exact quantiles in a fixed
+        // order): ~2% of them cross the leaf threshold, each a pure single leaf.
+        // The causes are d0 = 3 (down 70%) and the single leaf (7, 4, 11) (up 90%).
+        let sizes = [10u32, 20, 30];
+        let mut g = Grid::new(&sizes);
+        let n = g.real.len();
+        let normal = Normal::new(0.0, 0.05).unwrap();
+        for i in 0..n {
+            let q = (i * 7919) % n;
+            let e = normal.inverse_cdf((q as f64 + 0.5) / n as f64);
+            let p = 10.0 + (i % 13) as f64;
+            let d0 = i / 600;
+            let f = if d0 == 3 {
+                0.3
+            } else if i == g.index(&[7, 4, 11]) {
+                1.9
+            } else {
+                1.0
+            };
+            g.predict[i] = p;
+            g.real[i] = p * f * (1.0 + e);
+        }
+        let (cls, t, _) = classify(&g, &CoverOptions::default());
+        let stray = (0..n).filter(|&i| i / 600 != 3 && cls[i] >= UP).count();
+        assert!(
+            stray > 50,
+            "{stray} noise leaves over t = {t}: the test needs tails"
+        );
+        let out = localize_grid(&g, &CoverOptions::default());
+        let got: Vec<(u8, [u32; 3])> = out
+            .iter()
+            .map(|e| (e.mask, [e.key[0], e.key[1], e.key[2]]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(0b001, [3, 0, 0]), (0b111, [7, 4, 11])],
+            "{out:?}"
+        );
     }
 
     #[test]
