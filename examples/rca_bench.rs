@@ -204,8 +204,6 @@ fn write_csv(s: &Setting, c: &Case, path: &std::path::Path) -> std::io::Result<(
     w.flush()
 }
 
-/// `--long-names`: values spelled `a_v0007` instead of `a7`, which brings a setting-C
-/// file to the 1.3 GB the issue describes.
 /// `--gaussian`: normal leaves get Gaussian noise with the variance of U(-n, n)
 /// (sigma = n / sqrt 3) instead: tails reach past any threshold, as real forecast
 /// errors do.
@@ -213,6 +211,8 @@ fn gaussian() -> bool {
     std::env::args().any(|a| a == "--gaussian")
 }
 
+/// `--long-names`: values spelled `a_v0007` instead of `a7`, which brings a setting-C
+/// file to the 1.3 GB the issue describes.
 fn long_names() -> bool {
     std::env::args().any(|a| a == "--long-names")
 }
@@ -392,7 +392,8 @@ fn hotspot(grid: &Grid) -> BTreeSet<El> {
     best.1
 }
 
-/// `--tail-false X` overrides `CoverOptions::tail_false` (sensitivity runs).
+/// `--tail-false X` overrides `CoverOptions::tail_false` (sensitivity runs) for the
+/// in-memory search; the "CSV + localize" row keeps the defaults, as the CLI does.
 fn options() -> CoverOptions {
     let args: Vec<String> = std::env::args().collect();
     let mut opts = CoverOptions::default();
@@ -486,10 +487,13 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The setting is the one bare word that is not a flag's value.
+    const VALUED: [&str; 4] = ["--cases", "--csv", "--rca", "--tail-false"];
     let which = args
         .iter()
-        .find(|a| !a.starts_with("--") && a.len() <= 3)
-        .cloned();
+        .enumerate()
+        .find(|&(i, a)| !a.starts_with("--") && (i == 0 || !VALUED.contains(&args[i - 1].as_str())))
+        .map(|(_, a)| a.clone());
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)
