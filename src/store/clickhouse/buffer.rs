@@ -30,12 +30,15 @@ use crate::metrics::Metrics;
 pub(crate) struct Depth(AtomicU64);
 
 impl Depth {
+    // Buffers add under their lock before rows can be taken, so a buffer's subtract
+    // never overtakes its add. The arithmetic still wraps rather than panics: a
+    // gauge must not take the daemon down, and the atomic itself wraps anyway.
     fn add(&self, n: u64, metrics: &Metrics) {
-        let v = self.0.fetch_add(n, Ordering::AcqRel) + n;
+        let v = self.0.fetch_add(n, Ordering::AcqRel).wrapping_add(n);
         metrics.set_store_buffer_depth(v);
     }
     fn sub(&self, n: u64, metrics: &Metrics) {
-        let v = self.0.fetch_sub(n, Ordering::AcqRel).saturating_sub(n);
+        let v = self.0.fetch_sub(n, Ordering::AcqRel).wrapping_sub(n);
         metrics.set_store_buffer_depth(v);
     }
     /// Rows held now, across tables (in flight included).
@@ -92,7 +95,7 @@ impl<R> Buffer<R> {
 
     /// Adds rows; those past the bound are dropped and counted. Never waits.
     pub fn push_all(&self, rows: impl IntoIterator<Item = R>) {
-        let (kept, dropped, full_batch) = {
+        let (dropped, full_batch) = {
             let mut st = self.lock();
             let (mut kept, mut dropped) = (0u64, 0u64);
             for r in rows {
@@ -103,11 +106,14 @@ impl<R> Buffer<R> {
                     kept += 1;
                 }
             }
-            (kept, dropped, st.rows.len() >= self.batch)
+            // Counted before the lock is released: once it is, the flusher may
+            // take, send and confirm these rows, and its subtract must not come
+            // first (it wrapped the gauge and overflowed the add: seen in CI).
+            if kept > 0 {
+                self.depth.add(kept, &self.metrics);
+            }
+            (dropped, st.rows.len() >= self.batch)
         };
-        if kept > 0 {
-            self.depth.add(kept, &self.metrics);
-        }
         if dropped > 0 {
             self.metrics.store_rows_dropped(self.table, dropped);
             let before = self.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -283,6 +289,38 @@ mod tests {
         b.confirm(taken.len());
         assert_eq!(b.depth.get(), 3);
         assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn a_subtract_that_overtakes_its_add_does_not_panic() {
+        let metrics = Metrics::new();
+        let d = Depth::default();
+        d.sub(3, &metrics);
+        d.add(3, &metrics);
+        assert_eq!(d.get(), 0);
+    }
+
+    #[test]
+    fn depth_returns_to_zero_under_a_concurrent_flusher() {
+        let (b, _) = buffer(1_000_000, 7);
+        let b = Arc::new(b);
+        let flusher = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let mut confirmed = 0;
+                while confirmed < 20_000 {
+                    let rows = b.take();
+                    confirmed += rows.len();
+                    b.confirm(rows.len());
+                }
+            })
+        };
+        for i in 0..10_000u32 {
+            b.push_all([i, i]);
+        }
+        flusher.join().expect("no panic in the flusher");
+        assert_eq!(b.depth.get(), 0);
+        assert_eq!(b.len(), 0);
     }
 
     #[test]
