@@ -161,6 +161,24 @@ fn rel_dev(grid: &Grid, floor: f64, i: usize) -> Option<f64> {
     }
 }
 
+/// The `q` quantile of `xs` (reordered), `None` when empty.
+fn quantile(xs: &mut [f64], q: f64) -> Option<f64> {
+    let k = ((xs.len() as f64 * q) as usize).min(xs.len().checked_sub(1)?);
+    Some(*xs.select_nth_unstable_by(k, f64::total_cmp).1)
+}
+
+/// Iterates `t = next(t)` from `t` until it stops moving, `next` gives up, or
+/// `rounds` have passed.
+fn settle(mut t: f64, rounds: usize, mut next: impl FnMut(f64) -> Option<f64>) -> f64 {
+    for _ in 0..rounds {
+        match next(t) {
+            Some(n) if (n - t).abs() >= 1e-9 => t = n,
+            _ => break,
+        }
+    }
+    t
+}
+
 /// Leaf classes, the threshold `t` and the denominator's floor.
 fn classify(grid: &Grid, opts: &CoverOptions) -> (Vec<u8>, f64, f64) {
     let n = grid.real.len();
@@ -172,28 +190,14 @@ fn classify(grid: &Grid, opts: &CoverOptions) -> (Vec<u8>, f64, f64) {
         .map(|i| grid.predict[i])
         .filter(|&p| p > 0.0)
         .collect();
-    let floor = if small.is_empty() {
-        0.0
-    } else {
-        let k = ((small.len() as f64 * opts.predict_floor_quantile) as usize).min(small.len() - 1);
-        *small.select_nth_unstable_by(k, f64::total_cmp).1
-    };
+    let floor = quantile(&mut small, opts.predict_floor_quantile).unwrap_or(0.0);
     let dev = |i: usize| rel_dev(grid, floor, i);
     let sample: Vec<f64> = (0..n).step_by(step).filter_map(dev).map(f64::abs).collect();
-    let mut t = f64::INFINITY;
-    for _ in 0..8 {
+    let t = settle(f64::INFINITY, 8, |t| {
         let mut inside: Vec<f64> = sample.iter().copied().filter(|&x| x < t).collect();
-        if inside.is_empty() {
-            break;
-        }
-        let k = ((inside.len() as f64 * opts.deviation_quantile) as usize).min(inside.len() - 1);
-        let (_, m, _) = inside.select_nth_unstable_by(k, f64::total_cmp);
-        let next = (opts.deviation_multiple * *m).max(opts.min_threshold);
-        if (next - t).abs() < 1e-9 {
-            break;
-        }
-        t = next;
-    }
+        let q = quantile(&mut inside, opts.deviation_quantile)?;
+        Some((opts.deviation_multiple * q).max(opts.min_threshold))
+    });
     // Refine with the mean of the leaves inside the threshold. A low quantile is
     // robust to causes but, from a few hundred leaves, varies so much that a sample
     // whose low end happens to be thin puts the threshold inside the noise band
@@ -202,22 +206,17 @@ fn classify(grid: &Grid, opts: &CoverOptions) -> (Vec<u8>, f64, f64) {
     // uniform noise, 2.3 sigma for Gaussian) with the fixed point above the band: a
     // threshold too low truncates the noise, and 3 x the mean of noise cut at t is
     // 1.5 t, so the iteration climbs back out.
-    if t.is_finite() {
-        for _ in 0..16 {
+    let t = if t.is_finite() {
+        settle(t, 16, |t| {
             let (sum, count) = sample
                 .iter()
                 .filter(|&&x| x < t)
                 .fold((0.0, 0usize), |(s, c), &x| (s + x, c + 1));
-            if count == 0 {
-                break;
-            }
-            let next = (opts.mean_multiple * sum / count as f64).max(opts.min_threshold);
-            if (next - t).abs() < 1e-9 {
-                break;
-            }
-            t = next;
-        }
-    }
+            (count > 0).then(|| (opts.mean_multiple * sum / count as f64).max(opts.min_threshold))
+        })
+    } else {
+        t
+    };
     let t = if t.is_finite() { t } else { opts.min_threshold };
     let cls = (0..n)
         .map(|i| match dev(i) {
@@ -300,8 +299,7 @@ impl Tail {
         if minority.len() <= max_causes || leaves == 0 {
             return None;
         }
-        let k = minority.len() / 2;
-        let median = *minority.select_nth_unstable_by(k, f64::total_cmp).1;
+        let median = quantile(&mut minority, 0.5)?;
         Some(Tail {
             rate: minority.len() as f64 / leaves as f64,
             scale: median.max(0.0) / std::f64::consts::LN_2,
