@@ -378,6 +378,7 @@ mod tests {
             summary_source: SummarySource::Template,
             links: Vec::new(),
             prompt_version: None,
+            candidates: Vec::new(),
         }
     }
 

@@ -409,6 +409,10 @@ pub struct Rule {
     /// Consecutive clean steps before an incident resolves.
     #[serde(default = "default_resolve_after")]
     pub resolve_after: u32,
+    /// A cause that comes back this soon after its incident resolved reopens
+    /// that incident instead of opening a second one (`0s`: never).
+    #[serde(default = "default_reopen_within")]
+    pub reopen_within: Dur,
     /// Severity of its incidents.
     pub severity: Severity,
     /// Slack channel for its incidents (default channel when absent).
@@ -428,6 +432,9 @@ fn default_failures() -> Vec<Outcome> {
 fn default_open_after() -> u32 {
     2
 }
+fn default_reopen_within() -> Dur {
+    Dur(Duration::from_secs(600))
+}
 fn default_resolve_after() -> u32 {
     6
 }
@@ -443,19 +450,125 @@ pub struct CompiledRule {
     pub filter: Vec<(Dim, String)>,
     /// Where it came from (file name).
     pub source: String,
+    /// What its cells are keyed by: its dimensions, then the attributes it
+    /// explains incidents with ([`RuleSet::with_explain`]).
+    pub cells: CellDims,
+}
+
+/// Which event attributes rules explain incidents with beyond their own
+/// `dimensions` (the `[explain]` settings): a card network outage is named
+/// `card_brand=amex` even by a rule that counts `provider x region x bin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explain {
+    /// Explain with the standard attributes: `provider`, `region`, `bin`, its
+    /// issuer prefix, `card_brand`, `merchant_id`, and the failures' `error_code`.
+    pub standard: bool,
+    /// Digits of the BIN prefix explained with (`bin4` for 4), 0 for none.
+    pub bin_prefix: u8,
+    /// `attrs.NAME` keys explained with (allow-listed: attributes are free-form).
+    pub attrs: Vec<String>,
+}
+
+impl Default for Explain {
+    fn default() -> Self {
+        Explain {
+            standard: true,
+            bin_prefix: 4,
+            attrs: Vec::new(),
+        }
+    }
+}
+
+/// The dimensions a rule's cells are keyed by, in slot order: the rule's own
+/// `dimensions` (slots `0..base`: baselines are learned per their
+/// combination), then the attributes incidents are explained with beyond them
+/// (slots `base..search`: the localizer searches `0..search`), then, for rate
+/// rules, the error code of failures (slot `search` when `code`): it splits
+/// failures, not attempts, so it is counted apart and only read for the error
+/// codes behind an incident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellDims {
+    /// Every slot's dimension.
+    pub dims: Vec<Dim>,
+    /// The rule's own dimensions are slots `0..base`.
+    pub base: usize,
+    /// The localizer searches slots `0..search`.
+    pub search: usize,
+    /// Whether slot `search` holds the error code of failures.
+    pub code: bool,
+}
+
+impl CellDims {
+    /// The cell dimensions of a rule under `explain`. Volume rules keep their
+    /// own dimensions only: an absent event has no attributes to explain with.
+    pub fn of(rule: &Rule, dims: &[Dim], filter: &[(Dim, String)], explain: &Explain) -> CellDims {
+        let mut all: Vec<Dim> = dims.to_vec();
+        let rate = rule.detector == Detector::Rate;
+        if rate {
+            let mut extra: Vec<Dim> = Vec::new();
+            if explain.standard {
+                extra.extend([Dim::Provider, Dim::Region, Dim::Bin]);
+                if (1..=5).contains(&explain.bin_prefix) {
+                    extra.push(Dim::BinPrefix(explain.bin_prefix));
+                }
+                extra.extend([Dim::CardBrand, Dim::MerchantId]);
+            }
+            extra.extend(explain.attrs.iter().map(|a| Dim::Attr(a.clone())));
+            for d in extra {
+                // A filtered dimension has one value: nothing to explain with.
+                let fixed = filter.iter().any(|(f, _)| *f == d);
+                if !fixed && !all.contains(&d) && all.len() + 1 < crate::window::MAX_DIMS {
+                    all.push(d);
+                }
+            }
+        }
+        let search = all.len();
+        let code = rate && explain.standard && !all.contains(&Dim::ErrorCode);
+        if code {
+            all.push(Dim::ErrorCode);
+        }
+        CellDims {
+            dims: all,
+            base: dims.len(),
+            search,
+            code,
+        }
+    }
+
+    /// The event's value in every slot: the error code only for failures.
+    pub fn values<'e>(
+        &'e self,
+        e: &'e Event,
+        failure: bool,
+    ) -> impl Iterator<Item = Option<&'e str>> + 'e {
+        self.dims.iter().enumerate().map(move |(i, d)| {
+            if self.code && i == self.search && !failure {
+                None
+            } else {
+                d.value(e)
+            }
+        })
+    }
 }
 
 impl CompiledRule {
-    /// Localization limits for this rule's dimensions (which are derived).
+    /// Localization limits for this rule's cell dimensions: which are derived
+    /// (a BIN prefix beside the BIN), and which name no element by their
+    /// missing value (the attributes explained with beyond the rule's own).
     pub fn localize_limits(&self) -> crate::localize::Limits {
         let derived = self
+            .cells
             .dims
             .iter()
+            .take(self.cells.search)
             .enumerate()
             .filter(|(_, d)| d.is_derived())
-            .fold(0u8, |m, (i, _)| m | (1 << i));
+            .fold(0, |m, (i, _)| m | (1 << i));
+        let nameless = (self.cells.base..self.cells.search).fold(0, |m, i| m | (1 << i));
         crate::localize::Limits {
             derived,
+            nameless,
+            root: self.cells.search > self.cells.base,
             ..Default::default()
         }
     }
@@ -602,6 +715,14 @@ impl RuleSet {
         }
     }
 
+    /// The same rules explaining incidents with the attributes `explain` names.
+    pub fn with_explain(mut self, explain: &Explain) -> RuleSet {
+        for r in &mut self.rules {
+            r.cells = CellDims::of(&r.rule, &r.dims, &r.filter, explain);
+        }
+        self
+    }
+
     /// Finds a rule by name.
     pub fn get(&self, name: &str) -> Option<&CompiledRule> {
         self.rules.iter().find(|r| r.rule.name == name)
@@ -716,10 +837,10 @@ fn compile(rule: Rule, file: &str) -> Result<CompiledRule, Vec<(String, String)>
         err("failures", "`success` cannot count as a failure".into());
     }
     let mut dims = Vec::new();
-    if rule.dimensions.is_empty() || rule.dimensions.len() > crate::window::MAX_DIMS {
+    if rule.dimensions.is_empty() || rule.dimensions.len() > crate::window::MAX_RULE_DIMS {
         err(
             "dimensions",
-            format!("list 1 to {} dimensions", crate::window::MAX_DIMS),
+            format!("list 1 to {} dimensions", crate::window::MAX_RULE_DIMS),
         );
     }
     for (i, d) in rule.dimensions.iter().enumerate() {
@@ -828,11 +949,13 @@ fn compile(rule: Rule, file: &str) -> Result<CompiledRule, Vec<(String, String)>
         }
     }
     if errs.is_empty() {
+        let cells = CellDims::of(&rule, &dims, &filter, &Explain::default());
         Ok(CompiledRule {
             rule,
             dims,
             filter,
             source: file.to_string(),
+            cells,
         })
     } else {
         Err(errs)

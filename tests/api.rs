@@ -57,6 +57,7 @@ fn incident(id: &str, provider: &str) -> Incident {
         summary_source: SummarySource::Template,
         links: vec![],
         prompt_version: None,
+        candidates: Vec::new(),
     }
 }
 

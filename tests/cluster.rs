@@ -743,6 +743,7 @@ fn incident(id: &str, provider: &str, opened_ms: i64) -> faultline::incident::In
         summary_source: SummarySource::Template,
         links: Vec::new(),
         prompt_version: None,
+        candidates: Vec::new(),
     }
 }
 

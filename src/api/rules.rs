@@ -199,17 +199,19 @@ pub(super) async fn explain(
     let Some(rule) = rule else {
         return Err(ApiError::NotFound("rule"));
     };
+    let searched = &rule.cells.dims[..rule.cells.search];
     if let Some(bad) = dims
         .keys()
-        .find(|k| !rule.dims.iter().any(|d| d.name() == **k))
+        .find(|k| !searched.iter().any(|d| d.name() == **k))
     {
+        let names: Vec<String> = searched.iter().map(|d| d.name()).collect();
         return Err(ApiError::bad_request(
             "invalid_query",
             format!(
-                "rule `{}` does not localize over `{}`; its dimensions: {}",
+                "rule `{}` does not localize over `{}`; it localizes over: {}",
                 rule.rule.name,
                 crate::redact::redact_all(bad),
-                rule.rule.dimensions.join(", ")
+                names.join(", ")
             ),
         ));
     }

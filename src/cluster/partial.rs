@@ -223,14 +223,15 @@ impl PreAggregator {
             if !rule.matches(e) {
                 continue;
             }
+            let failure = rule.is_failure(e);
             let mut key: Key = [NONE_ID; MAX_DIMS];
-            for (slot, d) in key.iter_mut().zip(&rule.dims) {
-                *slot = self.interner.intern(d.value(e));
+            for (slot, v) in key.iter_mut().zip(rule.cells.values(e, failure)) {
+                *slot = self.interner.intern(v);
             }
             let step = e.ts_ms.div_euclid(rule.step_ms());
             let b = self.counts.entry((i as u16, step, key)).or_default();
             b.n = b.n.saturating_add(1);
-            b.f = b.f.saturating_add(rule.is_failure(e) as u32);
+            b.f = b.f.saturating_add(failure as u32);
         }
         self.max_ts = Some(self.max_ts.map_or(e.ts_ms, |m| m.max(e.ts_ms)));
         Ok(())
@@ -258,7 +259,7 @@ impl PreAggregator {
         self.seq += 1;
         let mut by_rule: Vec<Vec<CellCount>> = vec![Vec::new(); self.rules.rules.len()];
         for ((rule, step, key), b) in self.counts.drain() {
-            let dims = self.rules.rules[rule as usize].dims.len();
+            let dims = self.rules.rules[rule as usize].cells.dims.len();
             let values = key[..dims]
                 .iter()
                 .map(|&id| (id != NONE_ID).then(|| self.interner.value(id).to_string()))
@@ -479,14 +480,14 @@ mod tests {
                 RulePart {
                     rule: rule.rule.name.clone(),
                     step_ms: rule.step_ms() * 2,
-                    cells: vec![CellCount(1, 5, 1, vec![None; rule.dims.len()])],
+                    cells: vec![CellCount(1, 5, 1, vec![None; rule.cells.dims.len()])],
                 },
                 RulePart {
                     rule: rule.rule.name.clone(),
                     step_ms: rule.step_ms(),
                     cells: vec![
-                        CellCount(1, 5, 1, vec![None; rule.dims.len() + 1]),
-                        CellCount(1, 5, 1, vec![None; rule.dims.len()]),
+                        CellCount(1, 5, 1, vec![None; rule.cells.dims.len() + 1]),
+                        CellCount(1, 5, 1, vec![None; rule.cells.dims.len()]),
                     ],
                 },
             ],

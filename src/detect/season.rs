@@ -480,11 +480,12 @@ mod engine_tests {
             .collect();
         assert_eq!(hits.len(), 1, "{seasonal:?}");
         assert_eq!(hits[0].1, "p1");
-        // As fast as without seasonality.
+        // No slower than without seasonality.
         let plain_hit = plain
             .iter()
-            .find(|(t, _)| *t >= outage && *t < outage + HOUR);
-        assert_eq!(plain_hit.map(|h| h.0), Some(hits[0].0), "{plain:?}");
+            .find(|(t, _)| *t >= outage && *t < outage + HOUR)
+            .map(|h| h.0);
+        assert!(plain_hit.is_some_and(|t| hits[0].0 <= t), "{plain:?}");
         assert!(hits[0].0 - outage <= 10 * 60_000, "{hits:?}");
         // And nothing else: 2 learning nights + the outage.
         assert_eq!(seasonal.len(), 3, "{seasonal:?}");

@@ -421,6 +421,7 @@ mod tests {
             summary_source: SummarySource::Template,
             links: vec![],
             prompt_version: None,
+            candidates: Vec::new(),
         }
     }
 

@@ -266,6 +266,7 @@ impl Naive<'_> {
                         summary_source: SummarySource::Template,
                         links: Vec::new(),
                         prompt_version: None,
+                        candidates: Vec::new(),
                     });
                 }
             }

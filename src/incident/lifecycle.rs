@@ -1,12 +1,18 @@
 //! Open / update / resolve, with hysteresis.
 //!
-//! Per rule, each evaluation step brings the localizer's causes. A cause that
-//! overlaps an open incident's element (the same element, an ancestor or a
-//! descendant) keeps that incident firing; localization may move a level between
-//! steps and that must not open a second incident. Other causes are pending
-//! until they have held for `open_after` consecutive steps. An open incident
-//! resolves after `resolve_after` consecutive steps in which neither its own
-//! element passes the rule's criteria nor any cause overlaps it.
+//! Per rule, each evaluation step brings the localizer's causes. An incident
+//! holds one or more root-cause elements. A cause that overlaps one of an open
+//! incident's elements (the same element, an ancestor or a descendant) keeps
+//! that incident firing; localization may move a level between steps and that
+//! must not open a second incident. Other causes are pending until they have
+//! held for `open_after` consecutive steps; then they open one incident
+//! together (elements failing from the same step share a cause: one
+//! incident, several root causes), join an incident that opened moments ago
+//! or that one of their values already names (a provider failing in a second
+//! region), or reopen an incident of theirs that resolved within the rule's
+//! `reopen_within`. An open incident resolves after `resolve_after`
+//! consecutive steps in which none of its elements passes the rule's criteria
+//! and no cause overlaps them.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
@@ -18,7 +24,6 @@ use super::{
 };
 use crate::localize::Element;
 use crate::rules::{fill_link, CompiledRule};
-
 /// What happened to an incident at one evaluation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
@@ -64,7 +69,8 @@ pub struct Finding {
 
 #[derive(Debug)]
 struct Open {
-    element: Element,
+    /// The root-cause elements, in the order of `incident.root_causes`.
+    elements: Vec<Element>,
     incident: Incident,
     clean: u32,
     /// Root-cause and candidate elements people have been told of.
@@ -73,6 +79,25 @@ struct Open {
     told_rate: f64,
     /// When people were last told of a change in evidence.
     told_ms: i64,
+    /// Event time it resolved (incidents kept for reopening).
+    resolved_ms: i64,
+}
+
+impl Open {
+    fn overlaps(&self, el: &Element) -> bool {
+        self.elements.iter().any(|e| e.overlaps(el))
+    }
+
+    /// Whether `el` fixes a value one of the incident's elements also fixes
+    /// (a second region of the same provider).
+    fn shares_a_value(&self, el: &Element) -> bool {
+        self.elements.iter().any(|e| {
+            let common = e.mask & el.mask;
+            common != 0
+                && (0..crate::window::MAX_DIMS)
+                    .any(|d| common & (1 << d) != 0 && e.key[d] == el.key[d])
+        })
+    }
 }
 
 /// Failure rate, relative to the one last announced, that makes an open
@@ -80,6 +105,23 @@ struct Open {
 const WORSE_RATIO: f64 = 1.5;
 /// Least absolute rise in failure rate for a "worsening" update.
 const WORSE_BY: f64 = 0.05;
+/// Share of a root cause's excess a cause inside it must carry to replace it.
+const NARROW_SHARE: f64 = 0.85;
+
+/// A root cause's excess over its expectation (failures, or missing events).
+fn excess(r: &RootCause) -> f64 {
+    match r.expected_events {
+        Some(e) => e - r.events as f64,
+        None => r.failures as f64 - r.expected_failures,
+    }
+}
+
+/// Most candidates an incident lists.
+const MAX_CANDIDATES: usize = 5;
+/// Steps after an incident opens during which a cause reaching `open_after`
+/// joins it (beyond `open_after`): causes that fail from the same moment
+/// share a cause, whatever their detection delay.
+const JOIN_STEPS: i64 = 2;
 
 #[derive(Debug)]
 struct Pending {
@@ -92,6 +134,8 @@ struct Pending {
 pub struct IncidentManager {
     open: Vec<Open>,
     pending: Vec<Pending>,
+    /// Resolved within the rule's `reopen_within`, newest last.
+    recent: Vec<Open>,
 }
 
 /// How far a dashboard link reaches around the incident.
@@ -168,10 +212,39 @@ fn entry(at_ms: i64, what: &str, detail: String) -> TimelineEntry {
     }
 }
 
+/// Candidates of an incident: the step's other elements overlapping one of
+/// its root causes (pieces of them, alternatives to them), strongest first.
+fn candidates_of(elements: &[Element], found: &[&Finding]) -> Vec<RootCause> {
+    let mut out: Vec<RootCause> = Vec::new();
+    for f in found {
+        if f.element.mask == 0
+            || elements.iter().any(|e| e.same_as(&f.element))
+            || !elements.iter().any(|e| e.overlaps(&f.element))
+            || out.iter().any(|c| c.dims == f.cause.dims)
+        {
+            continue;
+        }
+        out.push(f.cause.clone());
+    }
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out.truncate(MAX_CANDIDATES);
+    out
+}
+
+/// Root causes best first: by score, then by excess.
+fn order(pairs: &mut [(Element, RootCause)]) {
+    pairs.sort_by(|a, b| {
+        b.1.score
+            .total_cmp(&a.1.score)
+            .then(b.0.llr.total_cmp(&a.0.llr))
+            .then(a.0.key.cmp(&b.0.key))
+    });
+}
+
 impl IncidentManager {
     /// Open incidents' elements (their cells do not teach the baseline).
     pub fn open_elements(&self) -> impl Iterator<Item = &Element> {
-        self.open.iter().map(|o| &o.element)
+        self.open.iter().flat_map(|o| o.elements.iter())
     }
 
     /// Number of open incidents.
@@ -192,38 +265,179 @@ impl IncidentManager {
         mut evaluate: impl FnMut(&Element) -> (RootCause, bool),
     ) -> Vec<Change> {
         let mut out = Vec::new();
-        let window_ms = rule.rule.window.ms();
         let volume_rule = rule.rule.detector == crate::rules::Detector::VolumeDrop;
+        let step_ms = rule.step_ms();
         let mut claimed = vec![false; causes.len()];
+        let found: Vec<&Finding> = causes.iter().chain(candidates.iter()).collect();
+
+        // New causes first: pending until they hold for open_after steps, then
+        // joining, reopening or opening an incident.
+        let mut next_pending: Vec<Pending> = Vec::new();
+        let mut ready: Vec<usize> = Vec::new();
+        for (i, c) in causes.iter().enumerate() {
+            if self.open.iter().any(|o| o.overlaps(&c.element)) {
+                claimed[i] = true;
+                continue;
+            }
+            if next_pending.iter().any(|p| p.element.overlaps(&c.element)) {
+                continue;
+            }
+            let count = self
+                .pending
+                .iter()
+                .filter(|p| p.element.overlaps(&c.element))
+                .map(|p| p.count)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            if count >= rule.rule.open_after {
+                ready.push(i);
+            } else {
+                next_pending.push(Pending {
+                    element: c.element.clone(),
+                    count,
+                });
+            }
+        }
+        self.pending = next_pending;
+        let reopen_ms = rule.rule.reopen_within.ms();
+        self.recent.retain(|o| end_ms - o.resolved_ms <= reopen_ms);
+        let mut fresh: Option<usize> = None;
+        for i in ready {
+            let c = &causes[i];
+            claimed[i] = true;
+            let young = |o: &Open| {
+                end_ms - o.incident.opened_at.timestamp_millis()
+                    <= (i64::from(rule.rule.open_after) + JOIN_STEPS) * step_ms
+            };
+            if let Some(j) = self.recent.iter().rposition(|o| o.overlaps(&c.element)) {
+                let mut o = self.recent.remove(j);
+                o.clean = 0;
+                o.told_ms = end_ms;
+                let inc = &mut o.incident;
+                let was = inc
+                    .resolved_at
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(end_ms);
+                inc.status = Status::Open;
+                inc.resolved_at = None;
+                inc.updated_at = ts(end_ms);
+                let detail = format!(
+                    "reopened: {} failing again {} s after it resolved",
+                    dims_text(&c.cause.dims),
+                    (end_ms - was) / 1000
+                );
+                out.push(Change {
+                    transition: Transition::Updated(inc.clone()),
+                    notify: true,
+                    timeline: vec![entry(end_ms, "reopened", detail)],
+                    point: Some(point(end_ms, &c.cause, volume_rule)),
+                });
+                self.open.push(o);
+            } else if let Some(j) = self
+                .open
+                .iter()
+                .position(|o| young(o) || o.shares_a_value(&c.element))
+            {
+                // One more root cause of an incident just opened, or of one
+                // whose values it shares: told in the next update.
+                let o = &mut self.open[j];
+                o.elements.push(c.element.clone());
+                o.incident.root_causes.push(c.cause.clone());
+                if fresh == Some(j) {
+                    o.told.push(c.cause.dims.clone());
+                }
+            } else {
+                fresh = Some(self.open.len());
+                self.open.push(self.opened(rule, end_ms, c, &found));
+            }
+        }
 
         // Open incidents: still firing, or one clean step closer to resolving.
         let mut still_open = Vec::with_capacity(self.open.len());
-        for mut o in std::mem::take(&mut self.open) {
-            let (mut evidence, passes) = evaluate(&o.element);
-            let mut firing = passes;
+        for (j, mut o) in std::mem::take(&mut self.open).into_iter().enumerate() {
+            let mut firing = false;
+            let mut pairs: Vec<(Element, RootCause)> = Vec::with_capacity(o.elements.len());
+            for el in &o.elements {
+                let (mut evidence, passes) = evaluate(el);
+                firing |= passes;
+                let now = causes.iter().find(|c| c.element.same_as(el));
+                let before = o
+                    .incident
+                    .root_causes
+                    .iter()
+                    .find(|r| r.dims == evidence.dims);
+                evidence.score = now
+                    .map(|c| c.cause.score)
+                    .or(before.map(|r| r.score))
+                    .unwrap_or(0.0);
+                pairs.push((el.clone(), evidence));
+            }
             for (i, c) in causes.iter().enumerate() {
-                if c.element.overlaps(&o.element) {
+                if o.overlaps(&c.element) {
                     claimed[i] = true;
                     firing = true;
+                    // A cause enclosing some of its elements: the outage
+                    // widened (a provider's second region became the whole
+                    // provider), and the incident's root cause with it.
+                    let inside = |e: &Element| {
+                        c.element.mask & e.mask == c.element.mask
+                            && c.element.mask != e.mask
+                            && c.element.overlaps(e)
+                    };
+                    // A cause inside one of them carrying nearly all of its
+                    // excess: the localizer now sees where the failures are
+                    // (the first windows of an outage show its parent).
+                    let narrows = |(e, r): &(Element, RootCause)| {
+                        e.mask & c.element.mask == e.mask
+                            && e.mask != c.element.mask
+                            && e.overlaps(&c.element)
+                            && excess(&c.cause) >= NARROW_SHARE * excess(r)
+                    };
+                    let replace = pairs.iter().any(|(e, _)| inside(e)) || pairs.iter().any(narrows);
+                    if fresh != Some(j)
+                        && replace
+                        && !pairs.iter().any(|(e, _)| e.same_as(&c.element))
+                    {
+                        pairs.retain(|p| !inside(&p.0) && !narrows(p));
+                        let (evidence, _) = evaluate(&c.element);
+                        let mut evidence = evidence;
+                        evidence.score = c.cause.score;
+                        pairs.push((c.element.clone(), evidence));
+                    }
                 }
             }
-            let p = point(end_ms, &evidence, volume_rule);
+            order(&mut pairs);
+            let p = point(end_ms, &pairs[0].1, volume_rule);
+            if fresh == Some(j) {
+                // Opened this step: told as it is.
+                (o.elements, o.incident.root_causes) = pairs.into_iter().unzip();
+                o.incident.candidates = candidates_of(&o.elements, &found);
+                o.told = o
+                    .incident
+                    .root_causes
+                    .iter()
+                    .map(|r| r.dims.clone())
+                    .collect();
+                out.push(Change {
+                    transition: Transition::Opened(o.incident.clone()),
+                    notify: true,
+                    timeline: vec![entry(
+                        end_ms,
+                        "opened",
+                        format!("anomalous for {} steps", rule.rule.open_after),
+                    )],
+                    point: Some(p),
+                });
+                still_open.push(o);
+                continue;
+            }
             if firing {
                 o.clean = 0;
-                evidence.score = causes
-                    .iter()
-                    .find(|c| c.element.same_as(&o.element))
-                    .map(|c| c.cause.score)
-                    .unwrap_or(o.incident.root_causes[0].score);
-                let runners: Vec<RootCause> = candidates
-                    .iter()
-                    .chain(causes.iter())
-                    .filter(|c| !c.element.same_as(&o.element) && c.element.overlaps(&o.element))
-                    .take(3)
-                    .map(|c| c.cause.clone())
-                    .collect();
+                (o.elements, o.incident.root_causes) = pairs.into_iter().unzip();
+                let window_ms = rule.rule.window.ms();
                 let inc = &mut o.incident;
-                inc.root_causes = std::iter::once(evidence).chain(runners).collect();
+                inc.candidates = candidates_of(&o.elements, &found);
                 inc.updated_at = ts(end_ms);
                 inc.window = TimeRange {
                     start: ts(end_ms - window_ms),
@@ -235,64 +449,10 @@ impl IncidentManager {
                     inc.opened_at.timestamp_millis(),
                     end_ms,
                 );
-                // Runner-up order shifts from step to step; that is evidence,
-                // refreshed in the incident, not news. News (told in the thread):
-                // the rule's severity changed (a reload), a candidate nobody was
-                // told of, or a much higher failure rate; evidence news at most
-                // once per window.
-                let mut news = Vec::new();
-                if inc.severity != rule.rule.severity {
-                    news.push(format!(
-                        "severity {} -> {}",
-                        inc.severity.as_str(),
-                        rule.rule.severity.as_str()
-                    ));
-                    inc.severity = rule.rule.severity;
-                }
-                // The window fills up over one window after opening (and after
-                // news of a rise): that ramp is not news again.
-                if end_ms - o.told_ms <= window_ms {
-                    o.told_rate = o.told_rate.max(inc.root_causes[0].failure_rate);
-                }
-                if end_ms - o.told_ms >= window_ms {
-                    // A finer element inside the root cause is expected while
-                    // it fails; one reaching beyond it (an ancestor, a
-                    // neighbour) widens the scope, and that is news.
-                    let root = &inc.root_causes[0].dims;
-                    let inside = |d: &BTreeMap<String, String>| {
-                        root.iter().all(|(k, v)| d.get(k) == Some(v))
-                    };
-                    let fresh: Vec<String> = inc
-                        .root_causes
-                        .iter()
-                        .filter(|r| !inside(&r.dims) && !o.told.contains(&r.dims))
-                        .map(|r| format!("new candidate {}", dims_text(&r.dims)))
-                        .collect();
-                    let rate = inc.root_causes[0].failure_rate;
-                    if !volume_rule
-                        && rate >= o.told_rate * WORSE_RATIO
-                        && rate - o.told_rate >= WORSE_BY
-                    {
-                        news.push(format!(
-                            "failure rate up to {:.1}% from {:.1}%",
-                            rate * 100.0,
-                            o.told_rate * 100.0
-                        ));
-                    }
-                    news.extend(fresh);
-                }
+                let news = news(rule, &mut o, end_ms, volume_rule);
                 let notify = !news.is_empty();
-                if notify {
-                    o.told_ms = end_ms;
-                    o.told_rate = inc.root_causes[0].failure_rate;
-                    for r in &inc.root_causes {
-                        if !o.told.contains(&r.dims) {
-                            o.told.push(r.dims.clone());
-                        }
-                    }
-                }
                 out.push(Change {
-                    transition: Transition::Updated(inc.clone()),
+                    transition: Transition::Updated(o.incident.clone()),
                     notify,
                     timeline: if notify {
                         vec![entry(end_ms, "updated", news.join("; "))]
@@ -322,6 +482,10 @@ impl IncidentManager {
                         timeline: vec![entry(end_ms, "resolved", detail)],
                         point: Some(p),
                     });
+                    o.resolved_ms = end_ms;
+                    if reopen_ms > 0 {
+                        self.recent.push(o);
+                    }
                 } else {
                     out.push(Change {
                         transition: Transition::Updated(o.incident.clone()),
@@ -334,88 +498,52 @@ impl IncidentManager {
             }
         }
         self.open = still_open;
-
-        // New causes: pending until they hold for open_after steps.
-        let mut next_pending: Vec<Pending> = Vec::new();
-        for (i, c) in causes.iter().enumerate() {
-            if claimed[i] || next_pending.iter().any(|p| p.element.overlaps(&c.element)) {
-                continue;
-            }
-            let count = self
-                .pending
-                .iter()
-                .filter(|p| p.element.overlaps(&c.element))
-                .map(|p| p.count)
-                .max()
-                .unwrap_or(0)
-                + 1;
-            if count >= rule.rule.open_after {
-                let dims = c.cause.dims.clone();
-                let fp = fingerprint(&rule.rule.name, &dims);
-                let runners: Vec<RootCause> = candidates
-                    .iter()
-                    .filter(|x| !x.element.same_as(&c.element) && x.element.overlaps(&c.element))
-                    .take(3)
-                    .map(|x| x.cause.clone())
-                    .collect();
-                let incident = Incident {
-                    id: incident_id(&fp, end_ms),
-                    rule: rule.rule.name.clone(),
-                    kind: rule.rule.kind.clone(),
-                    severity: rule.rule.severity,
-                    status: Status::Open,
-                    opened_at: ts(end_ms),
-                    updated_at: ts(end_ms),
-                    resolved_at: None,
-                    root_causes: std::iter::once(c.cause.clone())
-                        .chain(runners.iter().cloned())
-                        .collect(),
-                    window: TimeRange {
-                        start: ts(end_ms - window_ms),
-                        end: ts(end_ms),
-                    },
-                    title: String::new(),
-                    summary: String::new(),
-                    summary_source: SummarySource::Template,
-                    links: links(rule, &dims, end_ms, end_ms),
-                    prompt_version: None,
-                };
-                out.push(Change {
-                    transition: Transition::Opened(incident.clone()),
-                    notify: true,
-                    timeline: vec![entry(
-                        end_ms,
-                        "opened",
-                        format!("anomalous for {count} steps"),
-                    )],
-                    point: Some(point(end_ms, &c.cause, volume_rule)),
-                });
-                self.open.push(Open {
-                    element: c.element.clone(),
-                    told: incident
-                        .root_causes
-                        .iter()
-                        .map(|r| r.dims.clone())
-                        .collect(),
-                    told_rate: c.cause.failure_rate,
-                    told_ms: end_ms,
-                    incident,
-                    clean: 0,
-                });
-            } else {
-                next_pending.push(Pending {
-                    element: c.element.clone(),
-                    count,
-                });
-            }
-        }
-        self.pending = next_pending;
         out
+    }
+
+    /// A new incident for cause `c` (more root causes may join it this step).
+    fn opened(&self, rule: &CompiledRule, end_ms: i64, c: &Finding, found: &[&Finding]) -> Open {
+        let window_ms = rule.rule.window.ms();
+        let dims = c.cause.dims.clone();
+        let fp = fingerprint(&rule.rule.name, &dims);
+        let elements = vec![c.element.clone()];
+        let candidates = candidates_of(&elements, found);
+        let incident = Incident {
+            id: incident_id(&fp, end_ms),
+            rule: rule.rule.name.clone(),
+            kind: rule.rule.kind.clone(),
+            severity: rule.rule.severity,
+            status: Status::Open,
+            opened_at: ts(end_ms),
+            updated_at: ts(end_ms),
+            resolved_at: None,
+            root_causes: vec![c.cause.clone()],
+            window: TimeRange {
+                start: ts(end_ms - window_ms),
+                end: ts(end_ms),
+            },
+            title: String::new(),
+            summary: String::new(),
+            summary_source: SummarySource::Template,
+            links: links(rule, &dims, end_ms, end_ms),
+            prompt_version: None,
+            candidates,
+        };
+        Open {
+            told: std::iter::once(dims).collect(),
+            told_rate: c.cause.failure_rate,
+            told_ms: end_ms,
+            elements,
+            incident,
+            clean: 0,
+            resolved_ms: 0,
+        }
     }
 
     /// Resolves every open incident (the rule was removed or the run ended).
     pub fn close_all(&mut self, end_ms: i64, why: &str) -> Vec<Change> {
         self.pending.clear();
+        self.recent.clear();
         std::mem::take(&mut self.open)
             .into_iter()
             .map(|mut o| {
@@ -436,4 +564,54 @@ impl IncidentManager {
     pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
         self.open.iter().map(|o| &o.incident)
     }
+}
+
+/// What people should hear of an open incident's step: the rule's severity
+/// changed (a reload), a root cause or candidate nobody was told of, or a
+/// much higher failure rate; evidence news at most once per window. Runner-up
+/// order shifts from step to step; that is evidence, refreshed in the
+/// incident, not news.
+fn news(rule: &CompiledRule, o: &mut Open, end_ms: i64, volume_rule: bool) -> Vec<String> {
+    let window_ms = rule.rule.window.ms();
+    let inc = &mut o.incident;
+    let mut news = Vec::new();
+    if inc.severity != rule.rule.severity {
+        news.push(format!(
+            "severity {} -> {}",
+            inc.severity.as_str(),
+            rule.rule.severity.as_str()
+        ));
+        inc.severity = rule.rule.severity;
+    }
+    // A root cause that joined (or that the outage widened to) is news at once.
+    for r in &inc.root_causes {
+        if !o.told.contains(&r.dims) {
+            news.push(format!("root cause now includes {}", dims_text(&r.dims)));
+        }
+    }
+    // The window fills up over one window after opening (and after news of
+    // a rise): that ramp is not news again.
+    if end_ms - o.told_ms <= window_ms {
+        o.told_rate = o.told_rate.max(inc.root_causes[0].failure_rate);
+    }
+    if end_ms - o.told_ms >= window_ms {
+        let rate = inc.root_causes[0].failure_rate;
+        if !volume_rule && rate >= o.told_rate * WORSE_RATIO && rate - o.told_rate >= WORSE_BY {
+            news.push(format!(
+                "failure rate up to {:.1}% from {:.1}%",
+                rate * 100.0,
+                o.told_rate * 100.0
+            ));
+        }
+    }
+    if !news.is_empty() {
+        o.told_ms = end_ms;
+        o.told_rate = inc.root_causes[0].failure_rate;
+        for r in &inc.root_causes {
+            if !o.told.contains(&r.dims) {
+                o.told.push(r.dims.clone());
+            }
+        }
+    }
+    news
 }

@@ -122,6 +122,10 @@ pub struct Incident {
     pub links: Vec<Link>,
     /// The prompt version used, when an LLM wrote the summary.
     pub prompt_version: Option<String>,
+    /// Pieces of the root causes and alternatives to them, best first (same
+    /// shape as `root_causes`; not causes themselves).
+    #[serde(default)]
+    pub candidates: Vec<RootCause>,
 }
 
 impl Incident {

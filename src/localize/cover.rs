@@ -433,7 +433,7 @@ pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
                 key[d] = ((base / strides[d]) % grid.sizes[d] as usize) as u32;
             }
             found.push(Element {
-                mask,
+                mask: super::Mask::from(mask),
                 key,
                 real,
                 predict,
@@ -562,7 +562,7 @@ mod tests {
             "{stray} noise leaves over t = {t}: the test needs tails"
         );
         let out = localize_grid(&g, &CoverOptions::default());
-        let got: Vec<(u8, [u32; 3])> = out
+        let got: Vec<(crate::localize::Mask, [u32; 3])> = out
             .iter()
             .map(|e| (e.mask, [e.key[0], e.key[1], e.key[2]]))
             .collect();

@@ -8,19 +8,26 @@
 //! The method is an expectation-based scan over the lattice of elements, in the
 //! spirit of HotSpot / Squeeze / RiskLoc but scored by likelihood:
 //!
-//! 1. **Search, pruned.** Every one-dimension element is scored. Only elements whose
-//!    deviation is at least loosely significant are expanded by one more
-//!    dimension, keeping the best few per layer. An anomalous element's ancestors
-//!    all carry its excess, so the search reaches it from any of them.
-//! 2. **Score.** The Poisson deviance `G` of the element's aggregate. It prefers
-//!    the right level by itself: an ancestor dilutes the excess with normal
-//!    siblings (lower `G`), a descendant carries only part of it (lower `G`).
+//! 1. **Search, pruned.** The whole (when [`Limits::root`] is set) and every
+//!    one-dimension element are scored. Only elements whose deviation is at
+//!    least loosely significant are expanded by one more dimension, keeping the
+//!    best few per layer. An anomalous element's ancestors all carry its
+//!    excess, so the search reaches it from any of them.
+//! 2. **Score.** The Poisson deviance `G` of the element's aggregate. For a
+//!    homogeneous cause it prefers the right level by itself: an ancestor
+//!    dilutes the excess with normal siblings (lower `G`), a descendant carries
+//!    only part of it (lower `G`), and `G` adds up over children failing alike.
 //! 3. **Select, greedily.** Take the element with the largest `G` that passes the
-//!    rule's criteria at the Bonferroni threshold for everything examined, mark
-//!    its leaves explained, rescore the rest on the unexplained leaves only, and
-//!    repeat until nothing significant is left. Several simultaneous causes come
-//!    out as several elements; an ancestor of a chosen element loses its excess
-//!    and is not chosen too.
+//!    rule's criteria at the Bonferroni threshold for everything examined, then
+//!    **refine** it (parsimony): when some of its children along one dimension
+//!    pass the criteria on their own, the rest of its children are healthy (they
+//!    fit the baseline better than the failing children's lift) and the
+//!    children's evidence beats the parent's by more than one threshold per
+//!    extra element, the children are the causes (two failing regions of a
+//!    provider are two causes, not the provider; a cause three dimensions deep
+//!    is not reported as its parent). Refinement recurses into the children.
+//!    Mark the causes' leaves explained, rescore the rest on the unexplained
+//!    leaves only, and repeat until nothing significant is left.
 //!
 //! Pure and synchronous: the daemon calls it at every evaluation step and
 //! `faultline rca` on a CSV snapshot.
@@ -30,8 +37,11 @@ pub mod rca;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::detect::{directed_llr, llr_threshold, Criteria};
-use crate::window::{Key, MAX_DIMS};
+use crate::detect::{directed_llr, llr_threshold, Criteria, Direction};
+use crate::window::{Key, MAX_DIMS, NONE_ID};
+
+/// A set of dimensions, bit `d` for dimension `d`.
+pub type Mask = u16;
 
 /// One leaf: a full combination of dimension values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,7 +60,7 @@ pub struct Leaf {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Element {
     /// Bit `d` set when dimension `d` is fixed.
-    pub mask: u8,
+    pub mask: Mask,
     /// Values on the fixed dimensions (others 0).
     pub key: Key,
     /// Observed total over its leaves.
@@ -90,6 +100,40 @@ impl Element {
     }
 }
 
+/// Totals of a set of leaves.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sum {
+    real: f64,
+    predict: f64,
+    volume: f64,
+}
+
+impl Sum {
+    fn add(&mut self, l: &Leaf) {
+        self.real += l.real;
+        self.predict += l.predict;
+        self.volume += l.volume;
+    }
+
+    fn merge(&mut self, o: &Sum) {
+        self.real += o.real;
+        self.predict += o.predict;
+        self.volume += o.volume;
+    }
+
+    fn element(&self, mask: Mask, key: Key, dir: Direction) -> Element {
+        Element {
+            mask,
+            key,
+            real: self.real,
+            predict: self.predict,
+            volume: self.volume,
+            llr: directed_llr(self.real, self.predict, dir),
+            score: 0.0,
+        }
+    }
+}
+
 /// Search limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -103,7 +147,14 @@ pub struct Limits {
     /// beside `bin`): on equal evidence an element fixing fewer derived
     /// dimensions is reported (`bin=414720` rather than `bin4=4147` when the
     /// range has only that BIN).
-    pub derived: u8,
+    pub derived: Mask,
+    /// Bit `d` set when the missing value of dimension `d` (id 0, the event
+    /// lacks it) names no element: "events without a card brand" is not a
+    /// cause anyone can act on.
+    pub nameless: Mask,
+    /// Whether the whole (no dimension fixed) is a candidate too: a failure
+    /// across everything is one cause, not one per value of some dimension.
+    pub root: bool,
 }
 
 impl Default for Limits {
@@ -113,6 +164,8 @@ impl Default for Limits {
             max_causes: 5,
             expand_llr: 9.0,
             derived: 0,
+            nameless: 0,
+            root: false,
         }
     }
 }
@@ -122,7 +175,8 @@ impl Default for Limits {
 pub struct Localization {
     /// Chosen elements, best first: each passed the criteria.
     pub causes: Vec<Element>,
-    /// Other elements examined that passed the floors, best first (runners-up).
+    /// Other elements examined that passed the floors, best first: pieces of
+    /// the causes and alternatives to them.
     pub candidates: Vec<Element>,
     /// Elements examined (the multiple-testing count).
     pub tested: usize,
@@ -133,6 +187,35 @@ pub struct Localization {
 struct Cand {
     el: Element,
     leaves: Vec<u32>,
+}
+
+/// Totals of leaves per value of dimension `d`: a dense vector when the ids
+/// are few (they are interned densely), a map when the interner holds many
+/// more values than there are leaves.
+fn layer_one(leaves: &[Leaf], d: usize, max_id: u32) -> Vec<(u32, Sum)> {
+    if (max_id as usize) <= 4 * leaves.len() + 1024 {
+        let mut agg: Vec<Option<Sum>> = vec![None; max_id as usize + 1];
+        for l in leaves {
+            agg[l.key[d] as usize]
+                .get_or_insert_with(Sum::default)
+                .add(l);
+        }
+        agg.into_iter()
+            .enumerate()
+            .filter_map(|(v, s)| s.map(|s| (v as u32, s)))
+            .collect()
+    } else {
+        let mut agg: FxHashMap<u32, Sum> = FxHashMap::default();
+        for l in leaves {
+            agg.entry(l.key[d]).or_default().add(l);
+        }
+        agg.into_iter().collect()
+    }
+}
+
+/// Whether value `v` of dimension `d` names an element.
+fn nameable(limits: &Limits, d: usize, v: u32) -> bool {
+    v != NONE_ID || limits.nameless & (1 << d) == 0
 }
 
 /// Localizes over `dims` dimensions.
@@ -149,11 +232,23 @@ pub fn localize(
     let dir = criteria.direction;
     let mut tested = 0usize;
     let mut pool: Vec<Cand> = Vec::new();
-    let mut visited: FxHashSet<(u8, Key)> = FxHashSet::default();
+    let mut visited: FxHashSet<(Mask, Key)> = FxHashSet::default();
+
+    if limits.root {
+        let mut all = Sum::default();
+        leaves.iter().for_each(|l| all.add(l));
+        tested += 1;
+        let el = all.element(0, [0; MAX_DIMS], dir);
+        if el.llr >= limits.expand_llr {
+            pool.push(Cand {
+                el,
+                leaves: (0..leaves.len() as u32).collect(),
+            });
+        }
+    }
 
     // Layer 1: aggregate every single-dimension element.
     let mut layer: Vec<Cand> = Vec::new();
-    // Value ids are dense (interned), so one-dimension totals go in plain vectors.
     let mut max_id = vec![0u32; dims];
     for l in leaves {
         for (d, m) in max_id.iter_mut().enumerate() {
@@ -161,36 +256,16 @@ pub fn localize(
         }
     }
     for d in 0..dims {
-        let mut agg: Vec<(f64, f64, f64)> = vec![(0.0, 0.0, 0.0); max_id[d] as usize + 1];
-        let mut present = vec![false; max_id[d] as usize + 1];
-        for l in leaves {
-            let i = l.key[d] as usize;
-            let a = &mut agg[i];
-            a.0 += l.real;
-            a.1 += l.predict;
-            a.2 += l.volume;
-            present[i] = true;
-        }
-        tested += present.iter().filter(|p| **p).count();
-        let mut scored: Vec<Element> = agg
+        let values = layer_one(leaves, d, max_id[d]);
+        let mut scored: Vec<Element> = values
             .into_iter()
-            .enumerate()
-            .filter(|(v, _)| present[*v])
-            .filter_map(|(v, (r, p, vol))| {
-                let llr = directed_llr(r, p, dir);
-                (llr >= limits.expand_llr).then(|| {
-                    let mut key = [0u32; MAX_DIMS];
-                    key[d] = v as u32;
-                    Element {
-                        mask: 1 << d,
-                        key,
-                        real: r,
-                        predict: p,
-                        volume: vol,
-                        llr,
-                        score: 0.0,
-                    }
-                })
+            .filter(|(v, _)| nameable(limits, d, *v))
+            .filter_map(|(v, s)| {
+                tested += 1;
+                let mut key = [0u32; MAX_DIMS];
+                key[d] = v;
+                let el = s.element(1 << d, key, dir);
+                (el.llr >= limits.expand_llr).then_some(el)
             })
             .collect();
         scored.sort_by(|a, b| b.llr.total_cmp(&a.llr).then(a.key.cmp(&b.key)));
@@ -230,16 +305,17 @@ pub fn localize(
                 if c.el.mask & (1 << d) != 0 {
                     continue;
                 }
-                let mut groups: FxHashMap<u32, (f64, f64, f64, Vec<u32>)> = FxHashMap::default();
+                let mut groups: FxHashMap<u32, (Sum, Vec<u32>)> = FxHashMap::default();
                 for &li in &c.leaves {
                     let l = &leaves[li as usize];
                     let g = groups.entry(l.key[d]).or_default();
-                    g.0 += l.real;
-                    g.1 += l.predict;
-                    g.2 += l.volume;
-                    g.3.push(li);
+                    g.0.add(l);
+                    g.1.push(li);
                 }
-                for (v, (r, p, vol, ls)) in groups {
+                for (v, (s, ls)) in groups {
+                    if !nameable(limits, d, v) {
+                        continue;
+                    }
                     let mut key = c.el.key;
                     key[d] = v;
                     let mask = c.el.mask | (1 << d);
@@ -247,20 +323,9 @@ pub fn localize(
                         continue;
                     }
                     tested += 1;
-                    let llr = directed_llr(r, p, dir);
-                    if llr >= limits.expand_llr {
-                        next.push(Cand {
-                            el: Element {
-                                mask,
-                                key,
-                                real: r,
-                                predict: p,
-                                volume: vol,
-                                llr,
-                                score: 0.0,
-                            },
-                            leaves: ls,
-                        });
+                    let el = s.element(mask, key, dir);
+                    if el.llr >= limits.expand_llr {
+                        next.push(Cand { el, leaves: ls });
                     }
                 }
             }
@@ -280,8 +345,8 @@ pub fn localize(
         .iter()
         .fold((0.0, 0.0), |(r, p), l| (r + l.real, p + l.predict));
     let total_excess = match dir {
-        crate::detect::Direction::Up => sum_real - sum_predict,
-        crate::detect::Direction::Down => sum_predict - sum_real,
+        Direction::Up => sum_real - sum_predict,
+        Direction::Down => sum_predict - sum_real,
     }
     .max(0.0);
     let share = |excess: f64| {
@@ -292,7 +357,14 @@ pub fn localize(
         }
     };
 
-    // Greedy selection on unexplained leaves.
+    // Greedy selection on unexplained leaves, each pick refined.
+    let search = Search {
+        leaves,
+        dims,
+        criteria,
+        threshold,
+        limits,
+    };
     let mut explained = vec![false; leaves.len()];
     let mut causes: Vec<Element> = Vec::new();
     let mut residual: Vec<Element> = pool.iter().map(|c| c.el.clone()).collect();
@@ -320,46 +392,57 @@ pub fn localize(
             });
         let Some(i) = best else { break };
         chosen[i] = true;
-        let mut el = residual[i].clone();
-        let excess = (el.real - el.predict).abs();
-        el.score = share(excess);
-        for &li in &pool[i].leaves {
-            explained[li as usize] = true;
+        let mine: Vec<u32> = pool[i]
+            .leaves
+            .iter()
+            .copied()
+            .filter(|&li| !explained[li as usize])
+            .collect();
+        for (mut el, ls) in search.refine(&residual[i], mine) {
+            if causes.len() >= limits.max_causes {
+                break;
+            }
+            for &li in &ls {
+                explained[li as usize] = true;
+            }
+            for (j, c) in pool.iter().enumerate() {
+                if c.el.same_as(&el) {
+                    chosen[j] = true;
+                }
+            }
+            el.score = share((el.real - el.predict).abs());
+            causes.push(el);
         }
-        causes.push(el);
         // Rescore what is left on unexplained leaves.
         for (j, c) in pool.iter().enumerate() {
             if chosen[j] {
                 continue;
             }
-            let (mut r, mut p, mut v) = (0.0, 0.0, 0.0);
+            let mut s = Sum::default();
             for &li in &c.leaves {
                 if !explained[li as usize] {
-                    let l = &leaves[li as usize];
-                    r += l.real;
-                    p += l.predict;
-                    v += l.volume;
+                    s.add(&leaves[li as usize]);
                 }
             }
-            let e = &mut residual[j];
-            e.real = r;
-            e.predict = p;
-            e.volume = v;
-            e.llr = directed_llr(r, p, dir);
+            residual[j] = s.element(c.el.mask, c.el.key, dir);
         }
     }
+    causes.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(b.llr.total_cmp(&a.llr))
+            .then(a.key.cmp(&b.key))
+    });
 
-    // Runners-up: the original (not residual) numbers of elements passing the floors.
+    // Pieces and alternatives: the original (not residual) numbers of the
+    // elements examined that pass the floors and are not causes.
     let mut candidates: Vec<Element> = pool
         .iter()
-        .enumerate()
-        .filter(|(i, c)| {
-            !chosen[*i] && criteria.passes_floors(c.el.real, c.el.predict, c.el.volume)
-        })
-        .map(|(_, c)| {
+        .filter(|c| !causes.iter().any(|k| k.same_as(&c.el)))
+        .filter(|c| criteria.passes_floors(c.el.real, c.el.predict, c.el.volume))
+        .map(|c| {
             let mut e = c.el.clone();
-            let excess = (e.real - e.predict).abs();
-            e.score = share(excess);
+            e.score = share((e.real - e.predict).abs());
             e
         })
         .collect();
@@ -371,6 +454,92 @@ pub fn localize(
         candidates,
         tested,
         threshold,
+    }
+}
+
+/// Elements with their leaves.
+type Parts = Vec<(Element, Vec<u32>)>;
+
+/// What refinement needs to know of the search.
+struct Search<'a> {
+    leaves: &'a [Leaf],
+    dims: usize,
+    criteria: &'a Criteria,
+    threshold: f64,
+    limits: &'a Limits,
+}
+
+impl Search<'_> {
+    /// The causes an element picked by evidence stands for: itself, or (when
+    /// only some of its children along one dimension fail, the others are
+    /// healthy, and the children's evidence pays for the extra elements) those
+    /// children, each refined again. `idx` are the element's leaves.
+    fn refine(&self, el: &Element, idx: Vec<u32>) -> Parts {
+        let t = self.threshold;
+        let dir = self.criteria.direction;
+        // The element passed every floor: a child carrying its failures is
+        // judged by evidence and lift alone (a BIN too small for the volume
+        // floor is still where its brand's failures are).
+        let child = Criteria {
+            min_volume: 0.0,
+            min_real: 0.0,
+            ..*self.criteria
+        };
+        let mut best: Option<(f64, Parts)> = None;
+        for d in 0..self.dims {
+            if el.mask & (1 << d) != 0 {
+                continue;
+            }
+            let mut groups: FxHashMap<u32, (Sum, Vec<u32>)> = FxHashMap::default();
+            for &li in &idx {
+                let l = &self.leaves[li as usize];
+                let g = groups.entry(l.key[d]).or_default();
+                g.0.add(l);
+                g.1.push(li);
+            }
+            if groups.len() < 2 {
+                continue;
+            }
+            let mut failing: Parts = Vec::new();
+            let (mut bad, mut rest) = (Sum::default(), Sum::default());
+            for (v, (s, ls)) in groups {
+                if nameable(self.limits, d, v) && child.passes(s.real, s.predict, s.volume, t) {
+                    let mut key = el.key;
+                    key[d] = v;
+                    bad.merge(&s);
+                    failing.push((s.element(el.mask | (1 << d), key, dir), ls));
+                } else {
+                    rest.merge(&s);
+                }
+            }
+            if failing.is_empty() || bad.predict <= 0.0 {
+                continue;
+            }
+            // The failing children are (nearly) all of it: the element itself
+            // is the cause, whatever the spread of its children's rates.
+            if rest.volume <= 0.1 * (rest.volume + bad.volume) {
+                continue;
+            }
+            // The rest fails like the failing children (their lift fits it
+            // better than the baseline does): the element is the cause, its
+            // quieter children only too small to pass on their own.
+            let k = bad.real / bad.predict;
+            if k > 0.0 && rest.real * k.ln() - (k - 1.0) * rest.predict > 0.0 {
+                continue;
+            }
+            let gain: f64 = failing.iter().map(|(c, _)| c.llr - t).sum();
+            if gain > el.llr - t && best.as_ref().is_none_or(|b| gain > b.0) {
+                failing.sort_by(|a, b| b.0.llr.total_cmp(&a.0.llr).then(a.0.key.cmp(&b.0.key)));
+                best = Some((gain, failing));
+            }
+        }
+        match best {
+            None => vec![(el.clone(), idx)],
+            Some((_, children)) => children
+                .into_iter()
+                .flat_map(|(c, ls)| self.refine(&c, ls))
+                .collect(),
+        }
     }
 }
 
@@ -478,6 +647,81 @@ mod tests {
         let loc = localize(2, &leaves, &c, &Limits::default());
         assert_eq!(loc.causes.len(), 1, "{:?}", loc.causes);
         assert_eq!(dims_of(&loc.causes[0]), vec![(0, 3)]);
+    }
+
+    #[test]
+    fn two_failing_children_beat_their_parent() {
+        // Provider 2 fails in two of its six regions; its other regions are healthy.
+        let leaves = grid(
+            &[6, 6, 20],
+            &[(&[(0, 2), (1, 3)], 0.5), (&[(0, 2), (1, 5)], 0.3)],
+        );
+        let loc = localize(3, &leaves, &criteria(), &Limits::default());
+        let mut found: Vec<_> = loc.causes.iter().map(dims_of).collect();
+        found.sort();
+        assert_eq!(found, vec![vec![(0, 2), (1, 3)], vec![(0, 2), (1, 5)]]);
+        // The parent is kept as a candidate, not a cause.
+        assert!(loc.candidates.iter().any(|c| dims_of(c) == vec![(0, 2)]));
+    }
+
+    #[test]
+    fn a_three_deep_cause_beats_its_parent() {
+        let leaves = grid(&[4, 4, 5, 10], &[(&[(0, 1), (1, 2), (2, 3)], 0.4)]);
+        let loc = localize(4, &leaves, &criteria(), &Limits::default());
+        assert_eq!(loc.causes.len(), 1, "{:?}", loc.causes);
+        assert_eq!(dims_of(&loc.causes[0]), vec![(0, 1), (1, 2), (2, 3)]);
+    }
+
+    #[test]
+    fn children_failing_unevenly_everywhere_are_their_parent() {
+        // Provider 2 fails in every region, at rates from 20% to 90%.
+        let rates = [0.2, 0.9, 0.4, 0.6, 0.3, 0.8];
+        let regions: Vec<[(usize, u32); 2]> = (1..=6).map(|r| [(0, 2), (1, r)]).collect();
+        let faults: Vec<(&[(usize, u32)], f64)> = regions
+            .iter()
+            .zip(rates)
+            .map(|(el, r)| (&el[..], r))
+            .collect();
+        let leaves = grid(&[6, 6, 20], &faults);
+        let loc = localize(3, &leaves, &criteria(), &Limits::default());
+        assert_eq!(loc.causes.len(), 1, "{:?}", loc.causes);
+        assert_eq!(dims_of(&loc.causes[0]), vec![(0, 2)]);
+    }
+
+    #[test]
+    fn a_failure_across_everything_is_the_whole_when_asked() {
+        let leaves = grid(&[6, 5, 40], &[(&[], 0.3)]);
+        let limits = Limits {
+            root: true,
+            ..Limits::default()
+        };
+        let loc = localize(3, &leaves, &criteria(), &limits);
+        assert_eq!(loc.causes.len(), 1, "{:?}", loc.causes);
+        assert_eq!(loc.causes[0].mask, 0);
+        // Without the whole as a candidate it takes several values of a dimension.
+        let loc = localize(3, &leaves, &criteria(), &Limits::default());
+        assert!(loc.causes.len() > 1, "{:?}", loc.causes);
+    }
+
+    #[test]
+    fn a_missing_value_names_no_cause_in_a_nameless_dimension() {
+        // Dimension 2 is absent (id 0) on every leaf; dimension 0 value 3 fails.
+        let mut leaves = grid(&[6, 5], &[(&[(0, 3)], 0.6)]);
+        for l in &mut leaves {
+            l.key[2] = NONE_ID;
+        }
+        let limits = Limits {
+            nameless: 0b100,
+            ..Limits::default()
+        };
+        let loc = localize(3, &leaves, &criteria(), &limits);
+        assert_eq!(loc.causes.len(), 1, "{:?}", loc.causes);
+        assert_eq!(dims_of(&loc.causes[0]), vec![(0, 3)]);
+        assert!(loc
+            .candidates
+            .iter()
+            .chain(&loc.causes)
+            .all(|c| c.mask & 0b100 == 0));
     }
 
     proptest! {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::cover::{grid_fits, localize_grid, CoverOptions, Grid};
 use super::{localize, Element, Leaf, Limits};
 use crate::detect::{Criteria, Direction};
-use crate::window::MAX_DIMS;
+use crate::window::{MAX_DIMS, MAX_RULE_DIMS};
 
 /// One element of the answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -235,9 +235,9 @@ pub fn read_snapshot<R: Read>(mut reader: R) -> anyhow::Result<Snapshot> {
         bail!("the header needs `real` and `predict` columns");
     };
     let dims: Vec<usize> = (0..names.len()).filter(|&i| i != r && i != p).collect();
-    if dims.is_empty() || dims.len() > MAX_DIMS {
+    if dims.is_empty() || dims.len() > MAX_RULE_DIMS {
         bail!(
-            "between 1 and {MAX_DIMS} dimension columns are supported, found {}",
+            "between 1 and {MAX_RULE_DIMS} dimension columns are supported, found {}",
             dims.len()
         );
     }

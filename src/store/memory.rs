@@ -433,6 +433,7 @@ pub(crate) mod fixtures {
                 url: "https://grafana.example.com/d/x".into(),
             }],
             prompt_version: None,
+            candidates: Vec::new(),
         }
     }
 }

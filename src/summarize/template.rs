@@ -422,6 +422,7 @@ mod tests {
                 url: "https://g.example.com".into(),
             }],
             prompt_version: None,
+            candidates: Vec::new(),
         };
         Facts::new(&inc, &compiled.rule)
     }

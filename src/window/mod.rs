@@ -1,22 +1,25 @@
 //! Event-time sliding windows of bucketed counters per cell.
 //!
-//! A cell is one full combination of a rule's dimension values (a leaf). Each
-//! cell holds a ring of per-step buckets (attempts, failures) long enough for
-//! the window plus the steps still open to late events, and its learned
-//! baseline. Cells are keyed by interned value ids, so a cell costs a few hundred
-//! bytes whatever its strings; idle cells are evicted when their window is empty
-//! and their baseline no longer matters.
+//! A cell is one full combination of a rule's cell dimension values (a leaf).
+//! Each cell holds a ring of per-step buckets (attempts, failures) long enough
+//! for the window plus the steps still open to late events. What a rule learns
+//! (baselines) lives with the engine, per combination of the rule's own
+//! dimensions, not here. Cells are keyed by interned value ids, so a cell costs
+//! about a hundred and fifty bytes whatever its strings; idle cells are evicted
+//! when their window is empty.
 //!
 //! Time is event time only: buckets are indexed by `ts / step`, and the caller
 //! says which step is being evaluated. Nothing here reads a clock.
 
 use rustc_hash::FxHashMap;
 
-use crate::detect::season::Profile;
-use crate::detect::Ewma;
+/// Most dimensions a rule lists (`dimensions` in its file).
+pub const MAX_RULE_DIMS: usize = 6;
 
-/// Most dimensions a rule can localize over.
-pub const MAX_DIMS: usize = 6;
+/// Most dimensions a cell key holds: the rule's own, the event attributes it
+/// explains with beyond them, and the error code of failures (see
+/// [`crate::rules::CellDims`]).
+pub const MAX_DIMS: usize = 10;
 
 /// A cell key: one interned value id per dimension (unused slots 0).
 pub type Key = [u32; MAX_DIMS];
@@ -78,83 +81,148 @@ pub struct Bucket {
     pub f: u32,
 }
 
-/// One cell's buckets and baseline.
+/// One cell's state beside its ring of buckets.
 #[derive(Debug, Clone)]
 pub struct Cell {
-    ring: Box<[Bucket]>,
+    key: Key,
     /// Newest step with a bucket in the ring.
     head: i64,
-    /// Window sums as of `win_step` (kept incrementally by [`Cell::window_at`]).
+    /// Window sums as of `win_step` (kept incrementally by [`CellMut::window_at`]).
     win: Bucket,
     win_step: i64,
-    /// Learned baseline (per-step counts, exponentially weighted).
-    pub base: Ewma,
-    /// First step the cell was seen.
-    pub born: i64,
-    /// Seasonal profile, for rules with `baseline.seasonality` (made by the engine).
-    pub season: Option<Box<Profile>>,
+    /// The failure rate the cell's base expects, as the engine last worked it
+    /// out (a cache: baselines move slowly, the lookups behind them do not).
+    pub expect: f64,
+    /// The product of the cell's factors, likewise.
+    pub factor: f64,
+    /// The step both were worked out at (`i64::MIN`: never).
+    pub expect_step: i64,
 }
 
 impl Cell {
-    fn new(ring_len: usize, step: i64) -> Cell {
+    fn new(key: Key, step: i64) -> Cell {
         Cell {
-            ring: vec![Bucket::default(); ring_len].into_boxed_slice(),
+            key,
             head: step,
             win: Bucket::default(),
             win_step: i64::MIN,
-            base: Ewma {
-                step,
-                ..Ewma::default()
-            },
-            born: step,
-            season: None,
+            expect: 0.0,
+            factor: 1.0,
+            expect_step: i64::MIN,
         }
     }
+}
 
-    fn roll_to(&mut self, step: i64) {
-        if step <= self.head {
-            return;
-        }
-        let len = self.ring.len() as i64;
-        let clear = (step - self.head).min(len);
-        for s in (step - clear + 1)..=step {
-            self.ring[s.rem_euclid(len) as usize] = Bucket::default();
-        }
-        self.head = step;
+/// The bucket of one step in a ring whose newest step is `head`.
+fn bucket_of(ring: &[Bucket], head: i64, step: i64) -> Bucket {
+    let len = ring.len() as i64;
+    if step > head || step <= head - len {
+        return Bucket::default();
     }
+    ring[step.rem_euclid(len) as usize]
+}
 
-    /// Adds `attempts` and `failures` at `step` (one event, or a replica's
-    /// pre-aggregated share). False when the step is outside the ring (too old).
-    pub fn add_counts(&mut self, step: i64, attempts: u32, failures: u32) -> bool {
-        self.roll_to(step);
-        let len = self.ring.len() as i64;
-        if step <= self.head - len {
-            return false;
-        }
-        let b = &mut self.ring[step.rem_euclid(len) as usize];
-        b.n = b.n.saturating_add(attempts);
-        b.f = b.f.saturating_add(failures);
-        true
+fn window_of(ring: &[Bucket], head: i64, last: i64, steps: usize) -> Bucket {
+    let mut sum = Bucket::default();
+    for s in (last - steps as i64 + 1)..=last {
+        let b = bucket_of(ring, head, s);
+        sum.n += b.n;
+        sum.f += b.f;
     }
+    sum
+}
 
+/// A cell, to read.
+#[derive(Debug, Clone, Copy)]
+pub struct CellRef<'a> {
+    cell: &'a Cell,
+    ring: &'a [Bucket],
+}
+
+impl std::ops::Deref for CellRef<'_> {
+    type Target = Cell;
+    fn deref(&self) -> &Cell {
+        self.cell
+    }
+}
+
+impl CellRef<'_> {
     /// The bucket of one step (zero when it has left the ring or is in the future).
     pub fn bucket(&self, step: i64) -> Bucket {
-        let len = self.ring.len() as i64;
-        if step > self.head || step <= self.head - len {
-            return Bucket::default();
-        }
-        self.ring[step.rem_euclid(len) as usize]
+        bucket_of(self.ring, self.cell.head, step)
     }
 
     /// Sums over the `steps` steps ending at `last` (inclusive).
     pub fn window(&self, last: i64, steps: usize) -> Bucket {
-        let mut sum = Bucket::default();
-        for s in (last - steps as i64 + 1)..=last {
-            let b = self.bucket(s);
-            sum.n += b.n;
-            sum.f += b.f;
+        window_of(self.ring, self.cell.head, last, steps)
+    }
+
+    /// Newest step that has seen an event (or the step it was created at).
+    pub fn head(&self) -> i64 {
+        self.cell.head
+    }
+}
+
+/// A cell, to change.
+#[derive(Debug)]
+pub struct CellMut<'a> {
+    cell: &'a mut Cell,
+    ring: &'a mut [Bucket],
+}
+
+impl std::ops::Deref for CellMut<'_> {
+    type Target = Cell;
+    fn deref(&self) -> &Cell {
+        self.cell
+    }
+}
+
+impl std::ops::DerefMut for CellMut<'_> {
+    fn deref_mut(&mut self) -> &mut Cell {
+        self.cell
+    }
+}
+
+impl CellMut<'_> {
+    /// The same cell, to read.
+    pub fn as_ref(&self) -> CellRef<'_> {
+        CellRef {
+            cell: self.cell,
+            ring: self.ring,
         }
-        sum
+    }
+
+    fn roll_to(&mut self, step: i64) {
+        if step <= self.cell.head {
+            return;
+        }
+        let len = self.ring.len() as i64;
+        let clear = (step - self.cell.head).min(len);
+        for s in (step - clear + 1)..=step {
+            self.ring[s.rem_euclid(len) as usize] = Bucket::default();
+        }
+        self.cell.head = step;
+    }
+
+    /// Adds `attempts` and `failures` at `step` (one event, or a replica's
+    /// pre-aggregated share). `None` when the step is outside the ring (too
+    /// old), else whether the step's bucket was empty before.
+    pub fn add_counts(&mut self, step: i64, attempts: u32, failures: u32) -> Option<bool> {
+        self.roll_to(step);
+        let len = self.ring.len() as i64;
+        if step <= self.cell.head - len {
+            return None;
+        }
+        let b = &mut self.ring[step.rem_euclid(len) as usize];
+        let first = b.n == 0;
+        b.n = b.n.saturating_add(attempts);
+        b.f = b.f.saturating_add(failures);
+        Some(first)
+    }
+
+    /// The bucket of one step (zero when it has left the ring or is in the future).
+    pub fn bucket(&self, step: i64) -> Bucket {
+        bucket_of(self.ring, self.cell.head, step)
     }
 
     /// Sums over the `steps` steps ending at `last`, updated incrementally when
@@ -163,89 +231,189 @@ impl Cell {
     /// event is ever added to a step that has already been evaluated: those are
     /// behind the watermark.
     pub fn window_at(&mut self, last: i64, steps: usize) -> Bucket {
-        if self.win_step != i64::MIN && last == self.win_step + 1 {
-            let add = self.bucket(last);
-            let drop = self.bucket(last - steps as i64);
-            self.win.n = self.win.n + add.n - drop.n;
-            self.win.f = self.win.f + add.f - drop.f;
-        } else if last != self.win_step {
-            self.win = self.window(last, steps);
+        let c = &mut *self.cell;
+        if c.win_step != i64::MIN && last == c.win_step + 1 {
+            let add = bucket_of(self.ring, c.head, last);
+            let drop = bucket_of(self.ring, c.head, last - steps as i64);
+            c.win.n = c.win.n + add.n - drop.n;
+            c.win.f = c.win.f + add.f - drop.f;
+        } else if last != c.win_step {
+            c.win = window_of(self.ring, c.head, last, steps);
         }
-        self.win_step = last;
-        self.win
+        c.win_step = last;
+        c.win
     }
 
     /// Newest step that has seen an event (or the step it was created at).
     pub fn head(&self) -> i64 {
-        self.head
+        self.cell.head
     }
 }
 
-/// The cells of one rule.
+/// The cells of one rule, in a slab: cell `i`'s state in `cells[i]`, its ring
+/// in `rings[i * ring_len..]`. Cells come and go by the thousand per minute
+/// (a wide key is close to one cell per event), so they are neither
+/// allocated one by one nor scattered over the heap: a step's pass over
+/// them reads memory in order, and a freed slot is reused.
 #[derive(Debug)]
 pub struct Cells {
-    map: FxHashMap<Key, Cell>,
+    index: FxHashMap<Key, u32>,
+    cells: Vec<Cell>,
+    rings: Vec<Bucket>,
+    /// Whether slot `i` holds a cell.
+    live: Vec<bool>,
+    free: Vec<u32>,
     ring_len: usize,
     /// Steps in the window.
     pub window_steps: usize,
+    /// Per step still in the rings (slot `step % ring_len`), the cells that
+    /// have counts in it: what a step teaches is read from those alone, not
+    /// from every cell.
+    touched: Vec<(i64, Vec<Key>)>,
 }
 
 impl Cells {
     /// Cells for a window of `window_steps`, accepting events up to `lookahead`
     /// steps past the step being evaluated (the allowed lateness).
     pub fn new(window_steps: usize, lookahead: usize) -> Cells {
+        let ring_len = window_steps + lookahead + 1;
         Cells {
-            map: FxHashMap::default(),
-            ring_len: window_steps + lookahead + 1,
+            index: FxHashMap::default(),
+            cells: Vec::new(),
+            rings: Vec::new(),
+            live: Vec::new(),
+            free: Vec::new(),
+            ring_len,
             window_steps,
+            touched: vec![(i64::MIN, Vec::new()); ring_len],
         }
     }
 
     /// How many steps past the next one to evaluate the rings hold without
     /// overwriting that step's window or the step leaving it (which
-    /// [`Cell::window_at`] subtracts).
+    /// [`CellMut::window_at`] subtracts).
     pub fn steps_ahead(&self) -> i64 {
         (self.ring_len - self.window_steps) as i64 - 1
+    }
+
+    fn slot_mut(&mut self, i: usize) -> CellMut<'_> {
+        let r = i * self.ring_len;
+        CellMut {
+            cell: &mut self.cells[i],
+            ring: &mut self.rings[r..r + self.ring_len],
+        }
+    }
+
+    fn slot(&self, i: usize) -> CellRef<'_> {
+        let r = i * self.ring_len;
+        CellRef {
+            cell: &self.cells[i],
+            ring: &self.rings[r..r + self.ring_len],
+        }
     }
 
     /// Counts `attempts` of cell `key` at `step`, `failures` among them. False
     /// when the step is outside the ring (too old).
     pub fn add_counts(&mut self, key: Key, step: i64, attempts: u32, failures: u32) -> bool {
-        let ring_len = self.ring_len;
-        self.map
-            .entry(key)
-            .or_insert_with(|| Cell::new(ring_len, step))
-            .add_counts(step, attempts, failures)
+        let i = match self.index.get(&key) {
+            Some(&i) => i as usize,
+            None => {
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        let i = i as usize;
+                        self.cells[i] = Cell::new(key, step);
+                        let r = i * self.ring_len;
+                        self.rings[r..r + self.ring_len].fill(Bucket::default());
+                        self.live[i] = true;
+                        i
+                    }
+                    None => {
+                        self.cells.push(Cell::new(key, step));
+                        self.rings
+                            .resize(self.rings.len() + self.ring_len, Bucket::default());
+                        self.live.push(true);
+                        self.cells.len() - 1
+                    }
+                };
+                self.index.insert(key, i as u32);
+                i
+            }
+        };
+        let added = self.slot_mut(i).add_counts(step, attempts, failures);
+        if added == Some(true) && attempts > 0 {
+            let ring_len = self.ring_len as i64;
+            let slot = &mut self.touched[step.rem_euclid(ring_len) as usize];
+            if slot.0 != step {
+                slot.0 = step;
+                slot.1.clear();
+            }
+            slot.1.push(key);
+        }
+        added.is_some()
+    }
+
+    /// The cells with counts at `step`, while it is in the rings.
+    pub fn touched(&self, step: i64) -> &[Key] {
+        match &self.touched[step.rem_euclid(self.ring_len as i64) as usize] {
+            (s, keys) if *s == step => keys,
+            _ => &[],
+        }
     }
 
     /// Active cells.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     /// True when there are no cells.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.index.is_empty()
     }
 
-    /// Visits every cell; the closure returns false to evict it.
-    pub fn retain(&mut self, mut f: impl FnMut(&Key, &mut Cell) -> bool) {
-        self.map.retain(|k, c| f(k, c));
+    /// Visits every cell, in slot order; the closure returns false to evict it.
+    pub fn retain(&mut self, mut f: impl FnMut(&Key, &mut CellMut<'_>) -> bool) {
+        for i in 0..self.cells.len() {
+            if !self.live[i] {
+                continue;
+            }
+            let key = self.cells[i].key;
+            let keep = f(&key, &mut self.slot_mut(i));
+            if !keep {
+                self.live[i] = false;
+                self.index.remove(&key);
+                self.free.push(i as u32);
+            }
+        }
+        // Many free slots at the end (a burst of cells gone): give the memory back.
+        while self.live.last() == Some(&false) && self.free.len() > self.cells.len() / 2 {
+            let i = self.cells.len() - 1;
+            self.cells.pop();
+            self.live.pop();
+            self.rings.truncate(i * self.ring_len);
+            self.free.retain(|&f| f as usize != i);
+        }
     }
 
     /// One cell.
-    pub fn get(&self, key: &Key) -> Option<&Cell> {
-        self.map.get(key)
+    pub fn get(&self, key: &Key) -> Option<CellRef<'_>> {
+        self.index.get(key).map(|&i| self.slot(i as usize))
     }
 
-    /// Every cell.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Cell)> {
-        self.map.iter()
+    /// Every cell, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, CellRef<'_>)> {
+        (0..self.cells.len())
+            .filter(|&i| self.live[i])
+            .map(|i| (&self.cells[i].key, self.slot(i)))
     }
 
-    /// Approximate heap bytes per cell (for sizing reports).
+    /// Approximate heap bytes per cell (for sizing reports): its state, its
+    /// ring, its index entry.
     pub fn bytes_per_cell(&self) -> usize {
-        std::mem::size_of::<(Key, Cell)>() + 8 + self.ring_len * std::mem::size_of::<Bucket>() + 16
+        std::mem::size_of::<Cell>()
+            + self.ring_len * std::mem::size_of::<Bucket>()
+            + 1
+            + std::mem::size_of::<(Key, u32)>()
+            + 8
     }
 }
 
@@ -257,7 +425,7 @@ mod tests {
     #[test]
     fn window_sums_only_its_steps() {
         let mut c = Cells::new(4, 2);
-        let k = [1, 2, 0, 0, 0, 0];
+        let k = [1, 2, 0, 0, 0, 0, 0, 0, 0, 0];
         for s in 0..10 {
             c.add_counts(k, s, 1, u32::from(s % 2 == 0));
         }
@@ -271,22 +439,41 @@ mod tests {
     #[test]
     fn incremental_window_matches_the_full_sum() {
         let mut c = Cells::new(4, 3);
-        let k = [1, 0, 0, 0, 0, 0];
+        let k: Key = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         for s in 0..40i64 {
             // Events arrive up to 3 steps ahead of the evaluated step.
             for a in 0..=(s % 3) {
                 c.add_counts(k, s + 3, 1, u32::from(a == 0));
             }
-            let cell = c.map.get_mut(&k).unwrap();
-            let full = cell.window(s, 4);
-            assert_eq!(cell.window_at(s, 4), full, "step {s}");
+            let full = c.get(&k).unwrap().window(s, 4);
+            let mut incremental = None;
+            c.retain(|_, cell| {
+                incremental = Some(cell.window_at(s, 4));
+                true
+            });
+            assert_eq!(incremental, Some(full), "step {s}");
         }
+    }
+
+    #[test]
+    fn evicted_slots_are_reused_and_start_empty() {
+        let mut c = Cells::new(2, 1);
+        let a: Key = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let b: Key = [2, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        c.add_counts(a, 5, 3, 1);
+        c.retain(|_, _| false);
+        assert!(c.is_empty() && c.get(&a).is_none());
+        c.add_counts(b, 6, 1, 0);
+        let cell = c.get(&b).unwrap();
+        assert_eq!(cell.window(6, 2), Bucket { n: 1, f: 0 });
+        assert_eq!(c.touched(6), &[b]);
+        assert_eq!(c.iter().count(), 1);
     }
 
     #[test]
     fn too_old_events_are_refused() {
         let mut c = Cells::new(2, 1);
-        let k = [1, 0, 0, 0, 0, 0];
+        let k: Key = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert!(c.add_counts(k, 10, 1, 0));
         // The ring holds window + lookahead + 1 = 4 steps: 7..=10.
         assert!(c.add_counts(k, 7, 1, 0));
@@ -306,7 +493,7 @@ mod tests {
             let mut sorted = events.clone();
             sorted.sort_by_key(|e| e.0);
             let mut c = Cells::new(6, 40);
-            let k = [1, 0, 0, 0, 0, 0];
+            let k: Key = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
             for (s, f) in &events {
                 c.add_counts(k, *s, 1, u32::from(*f));
             }

@@ -309,6 +309,7 @@ impl IncidentRow {
             summary_source: parse_name(&self.summary_source).unwrap_or(SummarySource::Template),
             links,
             prompt_version: self.prompt_version,
+            candidates: Vec::new(),
         };
         (inc, human)
     }

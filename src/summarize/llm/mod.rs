@@ -636,6 +636,7 @@ pub(crate) mod testing {
                 url: "https://g.example.com/d/auth".into(),
             }],
             prompt_version: None,
+            candidates: Vec::new(),
         };
         Facts::new(&inc, &compiled.rule)
     }
