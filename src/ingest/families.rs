@@ -1190,7 +1190,8 @@ impl Scenario {
                     intensity: built.intensity,
                     injections: built.injections,
                     elements: built.elements,
-                    description: format!("{} for {}", built.description, minutes(e - s)),
+                    // The label adds the duration.
+                    description: built.description,
                 });
             }
         };
@@ -1338,6 +1339,7 @@ mod tests {
                     let multi = matches!(family, Family::MultiSameParent | Family::MultiDiffParent);
                     assert_eq!(multi, f.elements.len() > 1, "{f:?}");
                     assert!(f.description.contains('%'), "{f:?}");
+                    assert_eq!(f.description.matches(" for ").count(), 1, "{f:?}");
                     // Slots are at least 15 minutes apart; overlapping pairs overlap.
                     if let Some(next) = labels.faults.get(i + 1) {
                         let gap = next.start - f.end;
