@@ -194,3 +194,61 @@ fn rca_prints_the_root_cause_set() {
     assert_eq!(first, BTreeMap::from([("a".to_string(), "a3".to_string())]));
     assert_eq!(v["root_causes"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn gen_family_writes_labels_with_every_element() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["gen", "--family", "multi_same_parent", "--seed", "4"])
+        .args(["--duration", "80m", "--rate", "10", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labels: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("labels.json")).unwrap())
+            .unwrap();
+    assert_eq!(labels["family"], "multi_same_parent");
+    let faults = labels["faults"].as_array().unwrap();
+    assert!(!faults.is_empty());
+    for f in faults {
+        assert_eq!(f["type"], "multi_same_parent");
+        assert!(f["elements"].as_array().unwrap().len() >= 2, "{f}");
+        assert_eq!(f["elements"][0], f["dims"]);
+    }
+    let unknown = bin()
+        .args(["eval", "--family", "cause_planet"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn eval_family_prints_a_verdict_and_a_json_line_per_family() {
+    let out = bin()
+        .args(["eval", "--family", "cause_bin", "--seed", "3"])
+        .args(["--duration", "1h", "--rate", "30", "--details"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("expected elements"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("cause_bin "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains("PASS") || row.contains("FAIL"), "{row}");
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(json["family"], "cause_bin");
+    assert_eq!(json["faults"], 1);
+    assert!(json["pass"].is_boolean());
+}

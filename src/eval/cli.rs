@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 
-use crate::ingest::generator::{Generator, Labels, Scenario, MAX_DURATION_MS};
+use crate::engine::EngineOptions;
+use crate::incident::Incident;
+use crate::ingest::generator::{Family, Generator, Labels, Scenario, MAX_DURATION_MS};
 use crate::rules::RuleSet;
 
 /// Scenario file names inside a scenario folder.
@@ -44,9 +46,33 @@ fn duration_ms(d: Duration) -> anyhow::Result<i64> {
     }
 }
 
+fn parse_family(s: &str) -> Result<Family, String> {
+    s.parse()
+}
+
+/// `--family`: one family, or every one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyChoice {
+    /// One family.
+    One(Family),
+    /// Every family, the standard one first.
+    All,
+}
+
+fn parse_family_choice(s: &str) -> Result<FamilyChoice, String> {
+    if s == "all" {
+        Ok(FamilyChoice::All)
+    } else {
+        s.parse().map(FamilyChoice::One)
+    }
+}
+
 /// `faultline gen`: writes a labelled scenario to a folder.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GenArgs {
+    /// Scenario family (scenarios/README.md): `standard`, `cause_provider`, ...
+    #[arg(long, default_value = "standard", value_parser = parse_family)]
+    pub family: Family,
     /// Seed: the same seed, duration and rate give the same lines and labels.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -66,8 +92,13 @@ pub struct GenArgs {
 
 /// Writes `OUT/events.ndjson` (lines in arrival order) and `OUT/labels.json`.
 pub fn gen_command(args: &GenArgs) -> anyhow::Result<()> {
-    let scenario = Scenario::standard(args.seed, duration_ms(args.duration)?, args.rate)
-        .starting_at(args.start.timestamp_millis());
+    let scenario = Scenario::family(
+        args.family,
+        args.seed,
+        duration_ms(args.duration)?,
+        args.rate,
+    )
+    .starting_at(args.start.timestamp_millis());
     let mut generator = Generator::new(&scenario)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -131,6 +162,15 @@ pub struct EvalArgs {
     /// Score the naive static-threshold baseline (5% per leaf cell) instead of faultline.
     #[arg(long)]
     pub naive: bool,
+    /// Without --scenario: generate this scenario family (or `all` of them, one
+    /// after the other) in memory and print one PASS/FAIL row per family, then
+    /// one JSON line per family.
+    #[arg(long, conflicts_with = "scenario", value_parser = parse_family_choice)]
+    pub family: Option<FamilyChoice>,
+    /// With --family: also print, per family, every fault's expected elements
+    /// and the root causes its incidents named, and the unmatched incidents.
+    #[arg(long, requires = "family")]
+    pub details: bool,
 }
 
 /// NDJSON lines of a file, stopping at (and keeping) the first read error.
@@ -169,19 +209,49 @@ fn load_rules(dir: Option<&Path>) -> anyhow::Result<(RuleSet, String)> {
     }
 }
 
-fn run_detector<I, L>(lines: I, rules: &RuleSet, naive: bool) -> Vec<crate::incident::Incident>
+/// What eval scores.
+#[derive(Debug, Clone)]
+enum Detector {
+    /// faultline's engine, built with these options.
+    Faultline(EngineOptions),
+    /// The naive baseline.
+    Naive,
+}
+
+impl Detector {
+    /// The detector `args` ask for. Engine options for eval are set here and
+    /// nowhere else.
+    fn of(args: &EvalArgs) -> Detector {
+        if args.naive {
+            Detector::Naive
+        } else {
+            Detector::Faultline(EngineOptions::default())
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Detector::Faultline(_) => "faultline",
+            Detector::Naive => "naive",
+        }
+    }
+}
+
+/// Every eval run goes through here: the only place eval builds an engine.
+fn run_detector<I, L>(lines: I, rules: &RuleSet, detector: &Detector) -> Vec<Incident>
 where
     I: IntoIterator<Item = L>,
     L: AsRef<[u8]>,
 {
-    if naive {
-        super::naive::run(lines, rules)
-    } else {
-        let out = crate::pipeline::replay_lines(lines, rules);
-        if let Ok(report) = serde_json::to_string(&out.report) {
-            eprintln!("{report}");
+    match detector {
+        Detector::Naive => super::naive::run(lines, rules),
+        Detector::Faultline(opts) => {
+            let out = crate::pipeline::replay_with(lines, rules, opts);
+            if let Ok(report) = serde_json::to_string(&out.report) {
+                eprintln!("{report}");
+            }
+            out.incidents
         }
-        out.incidents
     }
 }
 
@@ -190,6 +260,10 @@ where
 pub fn eval_command(args: &EvalArgs) -> anyhow::Result<()> {
     let (rules, rules_from) = load_rules(args.rules.as_deref())?;
     eprintln!("rules: {rules_from} ({} rules)", rules.rules.len());
+    let detector = Detector::of(args);
+    if let Some(choice) = args.family {
+        return eval_families(args, choice, &rules, &detector);
+    }
     let started = Instant::now();
     let (incidents, labels): (_, Labels) = match &args.scenario {
         Some(dir) => {
@@ -205,7 +279,7 @@ pub fn eval_command(args: &EvalArgs) -> anyhow::Result<()> {
                 inner: BufReader::with_capacity(1 << 20, file).split(b'\n'),
                 error: None,
             };
-            let incidents = run_detector(lines.by_ref(), &rules, args.naive);
+            let incidents = run_detector(lines.by_ref(), &rules, &detector);
             if let Some(e) = lines.error {
                 return Err(e).with_context(|| format!("cannot read {}", events_path.display()));
             }
@@ -219,14 +293,12 @@ pub fn eval_command(args: &EvalArgs) -> anyhow::Result<()> {
                 args.rate.unwrap_or(200.0),
             );
             let generator = Generator::new(&scenario)?;
-            let incidents = run_detector(generator.map(|l| l.text), &rules, args.naive);
+            let incidents = run_detector(generator.map(|l| l.text), &rules, &detector);
             (incidents, scenario.labels())
         }
     };
     let mut report = super::score(&incidents, &labels);
-    if args.naive {
-        report.detector = "naive".into();
-    }
+    report.detector = detector.name().into();
     eprintln!(
         "scored seed {} in {:.1} s",
         labels.seed,
@@ -237,6 +309,55 @@ pub fn eval_command(args: &EvalArgs) -> anyhow::Result<()> {
     writeln!(stdout)?;
     serde_json::to_writer(&mut stdout, &report)?;
     writeln!(stdout)?;
+    Ok(())
+}
+
+/// `eval --family`: each family's scenario generated in memory and scored; a
+/// PASS/FAIL table, then one JSON line per family, to stdout.
+fn eval_families(
+    args: &EvalArgs,
+    choice: FamilyChoice,
+    rules: &RuleSet,
+    detector: &Detector,
+) -> anyhow::Result<()> {
+    let families: Vec<Family> = match choice {
+        FamilyChoice::All => Family::ALL.to_vec(),
+        FamilyChoice::One(f) => vec![f],
+    };
+    let seed = args.seed.unwrap_or(1);
+    let duration = duration_ms(args.duration.unwrap_or(Duration::from_secs(3 * 3600)))?;
+    let rate = args.rate.unwrap_or(200.0);
+    let targets = super::TARGETS;
+    let mut stdout = std::io::stdout().lock();
+    let mut rows = Vec::with_capacity(families.len());
+    for family in families {
+        let started = Instant::now();
+        let scenario = Scenario::family(family, seed, duration, rate);
+        let generator = Generator::new(&scenario)?;
+        let incidents = run_detector(generator.map(|l| l.text), rules, detector);
+        let mut report = super::score(&incidents, &scenario.labels());
+        report.detector = detector.name().into();
+        let row = super::FamilySummary::new(&report, seed, &targets);
+        eprintln!(
+            "{family}: seed {seed}, {} faults, {} incidents, {} in {:.1} s",
+            row.faults,
+            row.incidents,
+            if row.pass { "PASS" } else { "FAIL" },
+            started.elapsed().as_secs_f64()
+        );
+        if args.details {
+            writeln!(stdout, "== {family} (seed {seed})")?;
+            stdout.write_all(report.element_table().as_bytes())?;
+            writeln!(stdout)?;
+        }
+        rows.push(row);
+    }
+    stdout.write_all(super::family_table(&rows, &targets).as_bytes())?;
+    writeln!(stdout)?;
+    for row in &rows {
+        serde_json::to_writer(&mut stdout, row)?;
+        writeln!(stdout)?;
+    }
     Ok(())
 }
 
@@ -284,6 +405,7 @@ mod tests {
     fn gen_writes_events_and_labels_that_eval_reads() {
         let dir = tempfile::tempdir().unwrap();
         let args = GenArgs {
+            family: Family::Standard,
             seed: 5,
             duration: Duration::from_secs(45 * 60),
             rate: 20.0,
@@ -308,6 +430,8 @@ mod tests {
             rate: None,
             rules: None,
             naive: true,
+            family: None,
+            details: false,
         };
         eval_command(&eval).unwrap();
     }

@@ -12,21 +12,35 @@
 //! # Matching
 //!
 //! An incident matches a fault when it has the fault's rule, it opened within
-//! `[start, end + 5 min]` of the fault (event time), and its first root cause's
-//! dimensions are compatible with the expected ones (no dimension with a
+//! `[start, end + 5 min]` of the fault (event time), and any of its root causes
+//! is compatible with any of the fault's expected elements (no dimension with a
 //! different value; a coarser or finer element still counts as detecting the
-//! fault, but only the exact element counts for root-cause accuracy).
+//! fault, but only the exact element counts for root-cause accuracy). A
+//! standard fault has one expected element, its dims; a family fault
+//! ([`crate::ingest::families`]) may have several.
+//!
+//! **Element recall**: expected elements that appear exactly among the root
+//! causes of the fault's matching incidents, over the expected elements of
+//! detected faults. **Element precision**: root causes of matching incidents
+//! equal to an expected element of a fault they match, over all root causes of
+//! matching incidents.
 //!
 //! An incident matching no fault is a false positive. When it opened during a
 //! quiet case (up to 5 min after its end) it is counted for that case: a case
-//! about an element (a BIN, a merchant) claims incidents whose root cause names
-//! that element, a case about all traffic (`traffic_surge`, `diurnal`, which
-//! spans the whole scenario) claims any; the most specific case wins.
+//! about an element (a BIN, a merchant) claims incidents with a root cause
+//! naming that element, a case about all traffic (`traffic_surge`, `diurnal`,
+//! which spans the whole scenario, `failover`) claims any; the most specific
+//! case wins.
+//!
+//! [`FamilySummary`] condenses a report into one row per scenario family with
+//! a verdict against [`TARGETS`].
 
 mod cli;
+mod family;
 pub mod naive;
 
-pub use cli::{eval_command, gen_command, EvalArgs, GenArgs};
+pub use cli::{eval_command, gen_command, EvalArgs, FamilyChoice, GenArgs};
+pub use family::{family_table, FamilySummary, Targets, TARGETS};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,7 +49,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::incident::Incident;
-use crate::ingest::generator::{FaultType, Labels, QuietType};
+use crate::ingest::generator::{Family, FaultType, Labels, QuietType};
 
 /// How long after a fault ends an incident opening still counts as detecting it.
 pub const GRACE_MS: i64 = 5 * 60_000;
@@ -59,9 +73,17 @@ pub struct EvalReport {
     pub precision: Option<f64>,
     /// Harmonic mean of recall and precision.
     pub f1: Option<f64>,
-    /// Detected faults whose first matching incident names exactly the expected
-    /// root cause, over detected faults.
+    /// Detected faults whose first matching incident's first root cause is
+    /// exactly an expected element, over detected faults.
     pub root_cause_top1: Option<f64>,
+    /// Expected elements named exactly by a root cause of a matching incident,
+    /// over the expected elements of detected faults.
+    #[serde(default)]
+    pub element_recall: Option<f64>,
+    /// Root causes of matching incidents equal to an expected element of a
+    /// fault they match, over all root causes of matching incidents.
+    #[serde(default)]
+    pub element_precision: Option<f64>,
     /// Matching incidents per detected fault (1.0 is ideal: one incident per root cause).
     pub incidents_per_detected_fault: Option<f64>,
     /// Median of first matching incident's `opened_at` minus fault start, seconds
@@ -75,6 +97,9 @@ pub struct EvalReport {
     pub per_fault: Vec<FaultResult>,
     /// Incidents that match no fault.
     pub unmatched: Vec<UnmatchedIncident>,
+    /// The scenario family scored (absent: `standard`).
+    #[serde(default, skip_serializing_if = "Family::is_standard")]
+    pub family: Family,
 }
 
 /// How one fault was detected.
@@ -99,8 +124,17 @@ pub struct FaultResult {
     pub ttd_s: Option<f64>,
     /// The first matching incident's first root cause.
     pub root_cause: Option<BTreeMap<String, String>>,
-    /// `root_cause` equals `expected`.
+    /// `root_cause` equals an expected element.
     pub top1: bool,
+    /// Every expected element (`expected` is the first).
+    #[serde(default)]
+    pub elements: Vec<BTreeMap<String, String>>,
+    /// Expected elements named exactly by a root cause of a matching incident.
+    #[serde(default)]
+    pub elements_found: usize,
+    /// The distinct root causes of the matching incidents, in order of opening.
+    #[serde(default)]
+    pub named: Vec<BTreeMap<String, String>>,
 }
 
 /// An incident that matches no fault (a false positive).
@@ -121,6 +155,13 @@ pub struct UnmatchedIncident {
 /// No dimension present in both with different values.
 fn compatible(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> bool {
     a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+}
+
+/// Any root cause of `i` compatible with any of `elements`.
+fn matches_any(i: &Incident, elements: &[&BTreeMap<String, String>]) -> bool {
+    i.root_causes
+        .iter()
+        .any(|rc| elements.iter().any(|e| compatible(&rc.dims, e)))
 }
 
 fn root_dims(i: &Incident) -> BTreeMap<String, String> {
@@ -152,22 +193,35 @@ pub fn score(incidents: &[Incident], labels: &Labels) -> EvalReport {
     let grace = chrono::Duration::milliseconds(GRACE_MS);
     let dims: Vec<BTreeMap<String, String>> = incidents.iter().map(root_dims).collect();
     let mut matched = vec![false; incidents.len()];
+    // Per incident: the expected elements of every fault it matches.
+    let mut expected_of: Vec<Vec<&BTreeMap<String, String>>> = vec![Vec::new(); incidents.len()];
     let mut per_fault = Vec::with_capacity(labels.faults.len());
     let mut ttds = Vec::new();
     for f in &labels.faults {
+        let elements = f.expected();
         let mut hits: Vec<usize> = (0..incidents.len())
             .filter(|&i| {
                 let inc = &incidents[i];
                 inc.rule == f.rule
                     && inc.opened_at >= f.start
                     && inc.opened_at <= f.end + grace
-                    && compatible(&dims[i], &f.dims)
+                    && matches_any(inc, &elements)
             })
             .collect();
         hits.sort_by_key(|&i| (incidents[i].opened_at, i));
         for &h in &hits {
             matched[h] = true;
+            expected_of[h].extend(elements.iter().copied());
         }
+        let mut named: Vec<BTreeMap<String, String>> = Vec::new();
+        for &h in &hits {
+            for rc in &incidents[h].root_causes {
+                if !named.contains(&rc.dims) {
+                    named.push(rc.dims.clone());
+                }
+            }
+        }
+        let elements_found = elements.iter().filter(|e| named.contains(**e)).count();
         let first = hits.first().copied();
         let ttd_s =
             first.map(|i| (incidents[i].opened_at - f.start).num_milliseconds() as f64 / 1000.0);
@@ -184,9 +238,24 @@ pub fn score(incidents: &[Incident], labels: &Labels) -> EvalReport {
             detected: first.is_some(),
             incidents: hits.len(),
             ttd_s,
-            top1: root_cause.as_ref() == Some(&f.dims),
+            top1: root_cause.as_ref().is_some_and(|rc| elements.contains(&rc)),
             root_cause,
+            elements: elements.into_iter().cloned().collect(),
+            elements_found,
+            named,
         });
+    }
+    let (mut exact_causes, mut all_causes) = (0usize, 0usize);
+    for (inc, expected) in incidents.iter().zip(&expected_of) {
+        if expected.is_empty() {
+            continue;
+        }
+        all_causes += inc.root_causes.len();
+        exact_causes += inc
+            .root_causes
+            .iter()
+            .filter(|rc| expected.contains(&&rc.dims))
+            .count();
     }
 
     let mut quiet_by_type: BTreeMap<String, usize> = labels
@@ -202,15 +271,25 @@ pub fn score(incidents: &[Incident], labels: &Labels) -> EvalReport {
         // A quiet case about an element claims incidents naming that element;
         // one about all traffic claims any. The most specific wins: most
         // dimensions, then the shortest.
+        let names = |q: &&crate::ingest::generator::QuietLabel| {
+            inc.root_causes
+                .iter()
+                .map(|rc| &rc.dims)
+                .chain(inc.root_causes.is_empty().then_some(&dims[i]))
+                .any(|d| q.dims.iter().all(|(k, v)| d.get(k) == Some(v)))
+        };
         let quiet = labels
             .quiet
             .iter()
             .filter(|q| {
                 inc.opened_at >= q.start
                     && inc.opened_at <= q.end + grace
-                    && q.dims.iter().all(|(k, v)| dims[i].get(k) == Some(v))
+                    && (names(q) || q.quiet_type.claims_any())
             })
-            .max_by_key(|q| (q.dims.len(), std::cmp::Reverse(q.end - q.start)))
+            .max_by_key(|q| {
+                let specific = if names(q) { q.dims.len() } else { 0 };
+                (specific, std::cmp::Reverse(q.end - q.start))
+            })
             .map(|q| q.quiet_type);
         if let Some(q) = quiet {
             *quiet_by_type.entry(q.as_str().to_string()).or_default() += 1;
@@ -227,6 +306,12 @@ pub fn score(incidents: &[Incident], labels: &Labels) -> EvalReport {
 
     let faults = labels.faults.len();
     let detected = per_fault.iter().filter(|f| f.detected).count();
+    let (found, expected): (usize, usize) = per_fault
+        .iter()
+        .filter(|f| f.detected)
+        .fold((0, 0), |(a, b), f| {
+            (a + f.elements_found, b + f.elements.len())
+        });
     let top1 = per_fault.iter().filter(|f| f.top1).count();
     let matched_incidents = matched.iter().filter(|m| **m).count();
     let recall = ratio(detected, faults);
@@ -246,6 +331,8 @@ pub fn score(incidents: &[Incident], labels: &Labels) -> EvalReport {
         precision,
         f1,
         root_cause_top1: ratio(top1, detected),
+        element_recall: ratio(found, expected),
+        element_precision: ratio(exact_causes, all_causes),
         incidents_per_detected_fault: ratio(
             per_fault
                 .iter()
@@ -259,6 +346,7 @@ pub fn score(incidents: &[Incident], labels: &Labels) -> EvalReport {
         quiet_by_type,
         per_fault,
         unmatched,
+        family: labels.family,
     }
 }
 
@@ -549,6 +637,169 @@ mod tests {
         assert_eq!(r.quiet_by_type["flaky_merchant"], 1);
         assert_eq!(r.quiet_by_type["decline_spike"], 1);
         assert_eq!(r.quiet_incidents, 2);
+    }
+
+    fn dims(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// An incident with several root causes.
+    fn multi(
+        id: &str,
+        rule: &str,
+        causes: &[BTreeMap<String, String>],
+        at: DateTime<Utc>,
+    ) -> Incident {
+        let mut inc = incident(id, rule, &causes[0], at);
+        let rc = inc.root_causes[0].clone();
+        inc.root_causes = causes
+            .iter()
+            .map(|d| RootCause {
+                dims: d.clone(),
+                ..rc.clone()
+            })
+            .collect();
+        inc
+    }
+
+    #[test]
+    fn elements_are_scored_one_by_one() {
+        let labels = Scenario::family(Family::MultiSameParent, 1, 3 * 3_600_000, 200.0).labels();
+        assert_eq!(labels.family, Family::MultiSameParent);
+        let f = &labels.faults[0];
+        let els = f.expected();
+        assert!(els.len() >= 2, "{f:?}");
+        let at = f.start + chrono::Duration::seconds(30);
+
+        // One incident naming every element: perfect.
+        let all: Vec<BTreeMap<String, String>> = els.iter().map(|e| (*e).clone()).collect();
+        let r = score(&[multi("a", &f.rule, &all, at)], &labels);
+        assert_eq!(r.per_fault[0].elements_found, els.len());
+        assert_eq!(r.element_recall, Some(1.0));
+        assert_eq!(r.element_precision, Some(1.0));
+        assert_eq!(r.family, Family::MultiSameParent);
+
+        // One incident per element, the second naming it second: all found, two incidents.
+        let incs: Vec<Incident> = els
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let other = dims(&[("bin", "999999")]);
+                let causes = if i == 0 {
+                    vec![(*e).clone()]
+                } else {
+                    vec![other, (*e).clone()]
+                };
+                multi(&format!("i{i}"), &f.rule, &causes, at)
+            })
+            .collect();
+        let r = score(&incs, &labels);
+        assert_eq!(r.per_fault[0].incidents, els.len());
+        assert_eq!(r.element_recall, Some(1.0));
+        // The extra BIN root causes are no expected element.
+        let total = 1 + 2 * (els.len() - 1);
+        assert!((r.element_precision.unwrap() - els.len() as f64 / total as f64).abs() < 1e-9);
+        assert_eq!(r.per_fault[0].named.len(), els.len() + 1);
+
+        // The parent alone detects the fault but names no element.
+        let parent = match (els[0].get("provider"), els[0].get("bin")) {
+            (Some(p), _) => dims(&[("provider", p)]),
+            (None, Some(b)) => dims(&[("bin4", &b[..4])]),
+            _ => dims(&[("region", &els[0]["region"])]),
+        };
+        let r = score(&[incident("p", &f.rule, &parent, at)], &labels);
+        assert_eq!(r.detected, 1);
+        assert_eq!(r.element_recall, Some(0.0));
+        assert_eq!(r.element_precision, Some(0.0));
+        assert!(r.element_table().contains("!"), "{}", r.element_table());
+    }
+
+    #[test]
+    fn family_rows_pass_and_fail_against_the_targets() {
+        let labels = Scenario::family(Family::CauseBin, 2, 3 * 3_600_000, 200.0).labels();
+        let mut incs = perfect(&labels);
+        incs.iter_mut()
+            .for_each(|i| i.opened_at -= chrono::Duration::seconds(30));
+        let r = score(&incs, &labels);
+        let row = FamilySummary::new(&r, 2, &TARGETS);
+        assert!(row.pass, "{row:?}");
+        assert_eq!(row.family, Family::CauseBin);
+        // One fault missed, a storm on another.
+        let mut incs = perfect(&labels);
+        incs.remove(0);
+        let f = &labels.faults[1];
+        for i in 0..5 {
+            incs.push(incident(
+                &format!("s{i}"),
+                &f.rule,
+                &f.dims,
+                f.start + chrono::Duration::seconds(90 + i),
+            ));
+        }
+        let row = FamilySummary::new(&score(&incs, &labels), 2, &TARGETS);
+        assert!(!row.pass);
+        assert!(row.failed.contains(&"recall".to_string()), "{row:?}");
+        assert!(
+            row.failed.contains(&"incidents_per_fault".to_string()),
+            "{row:?}"
+        );
+        assert!(
+            !row.failed.contains(&"element_recall".to_string()),
+            "{row:?}"
+        );
+        let table = family_table(std::slice::from_ref(&row), &TARGETS);
+        assert!(table.contains("FAIL (recall"), "{table}");
+        let back: FamilySummary =
+            serde_json::from_str(&serde_json::to_string(&row).unwrap()).unwrap();
+        assert_eq!(back, row);
+
+        // Nothing detected: every metric fails, none passes as n/a.
+        let row = FamilySummary::new(&score(&[], &labels), 2, &TARGETS);
+        assert_eq!(row.failed.len(), 6, "{row:?}");
+
+        // A quiet family: passes with no incident, fails with any, which its case claims.
+        let quiet = Scenario::family(Family::Failover, 1, 3 * 3_600_000, 200.0).labels();
+        assert!(quiet.faults.is_empty());
+        let row = FamilySummary::new(&score(&[], &quiet), 1, &TARGETS);
+        assert!(row.pass, "{row:?}");
+        let case = quiet
+            .quiet
+            .iter()
+            .find(|q| q.quiet_type == QuietType::Failover)
+            .unwrap();
+        let inc = incident(
+            "vd",
+            "settlement_volume_drop",
+            &dims(&[("provider", "stripe"), ("region", "ap-southeast-1")]),
+            case.start + chrono::Duration::seconds(60),
+        );
+        let r = score(&[inc], &quiet);
+        assert_eq!(r.unmatched[0].quiet, Some(QuietType::Failover));
+        let row = FamilySummary::new(&r, 1, &TARGETS);
+        assert_eq!(
+            row.failed,
+            vec!["precision".to_string(), "quiet_incidents".to_string()]
+        );
+    }
+
+    #[test]
+    fn old_labels_and_reports_still_load() {
+        // A standard labels file as written before families: no elements, no family.
+        let labels = labels();
+        let json = serde_json::to_string(&labels).unwrap();
+        assert!(!json.contains("\"elements\"") && !json.contains("\"family\""));
+        let back: Labels = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.family, Family::Standard);
+        assert_eq!(back.faults[0].expected(), vec![&back.faults[0].dims]);
+        let mut report = serde_json::to_value(score(&perfect(&labels), &labels)).unwrap();
+        let obj = report.as_object_mut().unwrap();
+        obj.remove("element_recall");
+        obj.remove("element_precision");
+        let back: EvalReport = serde_json::from_value(report).unwrap();
+        assert_eq!(back.element_recall, None);
     }
 
     #[test]

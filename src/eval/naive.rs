@@ -317,11 +317,16 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 intensity,
+                injections: vec![],
+                elements: vec![],
+                description: String::new(),
             }],
             quiet: vec![],
             duplicate_rate: 0.005,
             late_rate: 0.002,
             bad_line_rate: 0.0001,
+            family: Default::default(),
+            attrs: false,
         }
     }
 

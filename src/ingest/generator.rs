@@ -46,6 +46,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::incident::ts;
 
+pub use super::families::Family;
+use super::inject::{self, Act, Attrs, Hit};
+pub use super::inject::{Action, Injection};
+
 /// Payment providers, by traffic share (largest first).
 pub const PROVIDERS: [&str; 6] = [
     "stripe",
@@ -74,14 +78,14 @@ pub const MAX_DURATION_MS: i64 = 366 * 24 * 3_600_000;
 /// The default scenario start, 2026-03-02T00:00:00Z, in epoch milliseconds.
 pub const DEFAULT_START_MS: i64 = 1_772_409_600_000;
 
-const SECOND: i64 = 1_000;
-const MINUTE: i64 = 60 * SECOND;
+pub(crate) const SECOND: i64 = 1_000;
+pub(crate) const MINUTE: i64 = 60 * SECOND;
 /// Time before the first fault, so baselines are learned (the rules warm up for 20 min).
-const WARMUP: i64 = 30 * MINUTE;
+pub(crate) const WARMUP: i64 = 30 * MINUTE;
 /// Least time between one fault's end and the next fault's start.
-const GAP: i64 = 15 * MINUTE;
+pub(crate) const GAP: i64 = 15 * MINUTE;
 /// Least time after the last fault, so its incident can open and resolve.
-const TAIL: i64 = 5 * MINUTE;
+pub(crate) const TAIL: i64 = 5 * MINUTE;
 /// A quiet case starts this long after the preceding fault ends (the scoring grace)...
 const QUIET_AFTER_FAULT: i64 = 5 * MINUTE;
 /// ...and ends this long before the next fault starts.
@@ -89,19 +93,19 @@ const QUIET_BEFORE_FAULT: i64 = 2 * MINUTE;
 /// Length of one round of every fault at natural spacing; longer scenarios repeat rounds.
 const ROUND_ESTIMATE: i64 = 210 * MINUTE;
 /// Amplitude of the daily swing.
-const DIURNAL_AMPLITUDE: f64 = 0.4;
+pub(crate) const DIURNAL_AMPLITUDE: f64 = 0.4;
 /// Zipf exponents of BIN and merchant popularity.
 const BIN_ZIPF: f64 = 0.9;
 const MERCHANT_ZIPF: f64 = 0.9;
 
 const WORLD_SALT: u64 = 0x5744_4c44_0000_0001;
-const SCHEDULE_SALT: u64 = 0x5343_4845_0000_0002;
+pub(crate) const SCHEDULE_SALT: u64 = 0x5343_4845_0000_0002;
 const TRAFFIC_SALT: u64 = 0x5452_4146_0000_0003;
 
 /// Share of events by kind (of the mean total rate).
-const AUTH_SHARE: f64 = 0.8;
-const WEBHOOK_SHARE: f64 = 0.1;
-const SETTLEMENT_SHARE: f64 = 0.1;
+pub(crate) const AUTH_SHARE: f64 = 0.8;
+pub(crate) const WEBHOOK_SHARE: f64 = 0.1;
+pub(crate) const SETTLEMENT_SHARE: f64 = 0.1;
 
 // ---------------------------------------------------------------------------
 // The world: who sends traffic, and how much.
@@ -316,12 +320,36 @@ impl World {
     pub fn baseline_failure_rate(&self, provider: usize, region: usize) -> f64 {
         self.pair_fail[provider * REGIONS.len() + region]
     }
+
+    /// Number of BINs.
+    pub fn bin_count(&self) -> usize {
+        self.bins.len()
+    }
+
+    /// BINs with their card brand, most popular first.
+    pub fn bins_with_brands(&self) -> impl Iterator<Item = (&str, &'static str)> + '_ {
+        self.bins.iter().map(|b| (b.digits.as_str(), b.brand))
+    }
+
+    /// Popularity rank of a BIN of this world.
+    pub fn bin_rank(&self, bin: &str) -> Option<u32> {
+        self.bin_index.get(bin).copied()
+    }
+
+    /// Popularity rank of a merchant of this world.
+    pub fn merchant_rank(&self, merchant: &str) -> Option<u32> {
+        self.merchant_index.get(merchant).copied()
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Scenarios and their labels.
 
-/// The faults a scenario can inject, each caught by one shipped rule.
+/// The faults a scenario can inject: the seven of the standard scenario, each
+/// caught by one shipped rule, then one per fault family of
+/// [`Family`](super::families::Family), whose effect, rule and expected
+/// elements each fault carries itself ([`FaultSpec::injections`],
+/// [`FaultSpec::rule`], [`FaultSpec::elements`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultType {
@@ -343,10 +371,39 @@ pub enum FaultType {
     RegionOutage,
     /// One provider's settlement events stop, every region. Dims: `provider`.
     SettlementVolumeStop,
+    /// Family `cause_provider`: one provider's auths (or settlements) fail.
+    CauseProvider,
+    /// Family `cause_region`: one region's auths (or settlements) fail.
+    CauseRegion,
+    /// Family `cause_bin`: one BIN fails everywhere.
+    CauseBin,
+    /// Family `cause_bin_range`: every BIN of one 4-digit prefix fails.
+    CauseBinRange,
+    /// Family `cause_card_brand`: a card network outage.
+    CauseCardBrand,
+    /// Family `cause_merchant`: one merchant's auth integration (or webhooks) breaks.
+    CauseMerchant,
+    /// Family `cause_error_code`: a new technical error code across all auths.
+    CauseErrorCode,
+    /// Family `cause_attr`: one value of an `attrs` attribute fails.
+    CauseAttr,
+    /// Family `multi_same_parent`: two or three elements under one parent.
+    MultiSameParent,
+    /// Family `multi_diff_parent`: two or three elements with different parents.
+    MultiDiffParent,
+    /// Family `overlapping`: two unrelated faults, the second starting while
+    /// the first goes on.
+    Overlapping,
+    /// Family `deep3`: a three-dimension element, its parents otherwise healthy.
+    Deep3,
+    /// Family `low_volume`: a small element failing hard.
+    LowVolume,
+    /// Family `slow_burn`: ramps and small sustained lifts.
+    SlowBurn,
 }
 
 impl FaultType {
-    /// Every fault type, in a fixed order.
+    /// The standard scenario's fault types, in a fixed order.
     pub const ALL: [FaultType; 7] = [
         FaultType::ProviderRegionOutage,
         FaultType::BinIssuerOutage,
@@ -367,23 +424,43 @@ impl FaultType {
             FaultType::SettlementProviderFailures => "settlement_provider_failures",
             FaultType::RegionOutage => "region_outage",
             FaultType::SettlementVolumeStop => "settlement_volume_stop",
+            FaultType::CauseProvider => "cause_provider",
+            FaultType::CauseRegion => "cause_region",
+            FaultType::CauseBin => "cause_bin",
+            FaultType::CauseBinRange => "cause_bin_range",
+            FaultType::CauseCardBrand => "cause_card_brand",
+            FaultType::CauseMerchant => "cause_merchant",
+            FaultType::CauseErrorCode => "cause_error_code",
+            FaultType::CauseAttr => "cause_attr",
+            FaultType::MultiSameParent => "multi_same_parent",
+            FaultType::MultiDiffParent => "multi_diff_parent",
+            FaultType::Overlapping => "overlapping",
+            FaultType::Deep3 => "deep3",
+            FaultType::LowVolume => "low_volume",
+            FaultType::SlowBurn => "slow_burn",
         }
     }
 
-    /// The shipped rule (`rules/*.yaml`) that should catch it.
+    /// A fault type of the standard scenario (its effect follows from the type
+    /// and the dims), not of a family (its effect is its injections).
+    pub fn is_standard(self) -> bool {
+        FaultType::ALL.contains(&self)
+    }
+
+    /// The shipped rule (`rules/*.yaml`) that should catch a standard fault of
+    /// this type. Family faults may be on other kinds: their rule is
+    /// [`FaultSpec::rule`]; here they answer the auth rule.
     pub fn rule(self) -> &'static str {
         match self {
-            FaultType::ProviderRegionOutage
-            | FaultType::BinIssuerOutage
-            | FaultType::ProviderDegraded
-            | FaultType::RegionOutage => "auth_technical_failures",
             FaultType::MerchantWebhookDown => "webhook_delivery_failures",
             FaultType::SettlementProviderFailures => "settlement_failures",
             FaultType::SettlementVolumeStop => "settlement_volume_drop",
+            _ => "auth_technical_failures",
         }
     }
 
-    /// The dimensions of its root cause, as keyed in incidents.
+    /// The dimensions of a standard fault's root cause, as keyed in incidents
+    /// (none for family faults, whose elements vary: [`FaultSpec::elements`]).
     pub fn dims(self) -> &'static [&'static str] {
         match self {
             FaultType::ProviderRegionOutage => &["provider", "region"],
@@ -393,6 +470,7 @@ impl FaultType {
             | FaultType::SettlementProviderFailures
             | FaultType::SettlementVolumeStop => &["provider"],
             FaultType::RegionOutage => &["region"],
+            _ => &[],
         }
     }
 }
@@ -417,6 +495,12 @@ pub enum QuietType {
     FlakyMerchant,
     /// One BIN's business declines jump to 50%: declines are not technical failures.
     DeclineSpike,
+    /// Family `failover`: one region's traffic (or one provider's there) is
+    /// processed in another region for a while; totals and failure rates stay.
+    Failover,
+    /// Family `decline_burst`: business declines at 40-70% on a BIN, a merchant
+    /// or a card brand.
+    DeclineBurst,
 }
 
 impl QuietType {
@@ -428,13 +512,28 @@ impl QuietType {
             QuietType::RareBinFailures => "rare_bin_failures",
             QuietType::FlakyMerchant => "flaky_merchant",
             QuietType::DeclineSpike => "decline_spike",
+            QuietType::Failover => "failover",
+            QuietType::DeclineBurst => "decline_burst",
         }
     }
 
-    /// The dimensions it is about.
+    /// Whether it claims any incident opened during it, whatever its root
+    /// cause (else only incidents naming its element).
+    pub fn claims_any(self) -> bool {
+        matches!(
+            self,
+            QuietType::TrafficSurge | QuietType::Diurnal | QuietType::Failover
+        )
+    }
+
+    /// The dimensions it is about (for the family cases, which vary, none:
+    /// see their dims).
     pub fn dims(self) -> &'static [&'static str] {
         match self {
-            QuietType::TrafficSurge | QuietType::Diurnal => &[],
+            QuietType::TrafficSurge
+            | QuietType::Diurnal
+            | QuietType::Failover
+            | QuietType::DeclineBurst => &[],
             QuietType::RareBinFailures | QuietType::DeclineSpike => &["bin"],
             QuietType::FlakyMerchant => &["merchant_id"],
         }
@@ -462,8 +561,41 @@ pub struct FaultSpec {
     /// scenario's [`World`]. This is the expected root cause.
     pub dims: BTreeMap<String, String>,
     /// Failure rate of the element during the fault (0..1); for
-    /// `provider_degraded` the added failure rate; unused by `settlement_volume_stop`.
+    /// `provider_degraded` (and lifts in `slow_burn`) the added failure rate;
+    /// unused by `settlement_volume_stop`.
     pub intensity: f64,
+    /// Family faults: what happens to traffic (for standard faults, empty: the
+    /// effect follows from the type and the dims).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub injections: Vec<Injection>,
+    /// Every expected root-cause element; empty means `[dims]`. `dims` is the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elements: Vec<BTreeMap<String, String>>,
+    /// Family faults: a description for humans (standard ones get theirs from the type).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl FaultSpec {
+    /// The shipped rule that should catch it: the fault type's, or for family
+    /// faults the rate rule of the kind its injections touch.
+    pub fn rule(&self) -> &'static str {
+        match self.injections.first().and_then(|i| i.kind.as_deref()) {
+            _ if self.fault_type.is_standard() => self.fault_type.rule(),
+            Some("webhook") => "webhook_delivery_failures",
+            Some("settlement") => "settlement_failures",
+            _ => "auth_technical_failures",
+        }
+    }
+
+    /// Every expected root-cause element.
+    pub fn expected(&self) -> Vec<BTreeMap<String, String>> {
+        if self.elements.is_empty() {
+            vec![self.dims.clone()]
+        } else {
+            self.elements.clone()
+        }
+    }
 }
 
 /// One quiet case.
@@ -480,8 +612,15 @@ pub struct QuietSpec {
     pub dims: BTreeMap<String, String>,
     /// `traffic_surge`: volume factor; `diurnal`: amplitude (0.4 = +-40%);
     /// `rare_bin_failures`: number of failures; `flaky_merchant`: baseline
-    /// webhook failure rate; `decline_spike`: decline rate.
+    /// webhook failure rate; `decline_spike`, `decline_burst`: decline rate;
+    /// `failover`: share of the element's traffic moved (1).
     pub intensity: f64,
+    /// Family cases (`failover`, `decline_burst`): what happens to traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub injections: Vec<Injection>,
+    /// Family cases: a description for humans.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
 }
 
 /// What to generate: traffic from the seed's [`World`], faults and quiet cases.
@@ -505,6 +644,13 @@ pub struct Scenario {
     pub late_rate: f64,
     /// Share of events replaced by a bad line.
     pub bad_line_rate: f64,
+    /// The scenario family it was built as.
+    #[serde(default, skip_serializing_if = "Family::is_standard")]
+    pub family: Family,
+    /// Auths carry `attrs` (`channel`, `app_version`); off in the standard
+    /// scenario, whose lines stay as they always were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attrs: bool,
 }
 
 /// The answer key of a scenario (`labels.json`).
@@ -522,6 +668,9 @@ pub struct Labels {
     pub faults: Vec<FaultLabel>,
     /// Quiet cases: none should open an incident.
     pub quiet: Vec<QuietLabel>,
+    /// The scenario family (absent: `standard`).
+    #[serde(default, skip_serializing_if = "Family::is_standard")]
+    pub family: Family,
 }
 
 /// One fault in [`Labels`].
@@ -534,8 +683,15 @@ pub struct FaultLabel {
     pub fault_type: FaultType,
     /// The rule that should catch it.
     pub rule: String,
-    /// The expected root cause, keyed as in incidents.
+    /// The expected root cause, keyed as in incidents (the first of
+    /// `elements` when there are several).
     pub dims: BTreeMap<String, String>,
+    /// Every expected root-cause element; empty (as in standard labels) means `[dims]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elements: Vec<BTreeMap<String, String>>,
+    /// The scenario family of the fault (absent: `standard`).
+    #[serde(default, skip_serializing_if = "Family::is_standard")]
+    pub family: Family,
     /// Start (event time).
     pub start: DateTime<Utc>,
     /// End (event time).
@@ -546,6 +702,17 @@ pub struct FaultLabel {
     /// For humans.
     #[serde(default)]
     pub description: String,
+}
+
+impl FaultLabel {
+    /// Every expected root-cause element: `elements`, or `[dims]` when empty.
+    pub fn expected(&self) -> Vec<&BTreeMap<String, String>> {
+        if self.elements.is_empty() {
+            vec![&self.dims]
+        } else {
+            self.elements.iter().collect()
+        }
+    }
 }
 
 /// One quiet case in [`Labels`].
@@ -579,14 +746,14 @@ pub struct ScenarioError {
     pub message: String,
 }
 
-fn dims_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn dims_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-fn minutes(ms: i64) -> String {
+pub(crate) fn minutes(ms: i64) -> String {
     let m = ms as f64 / MINUTE as f64;
     if (m - m.round()).abs() < 0.05 {
         format!("{} min", m.round())
@@ -615,31 +782,7 @@ impl Scenario {
             0.0
         };
         let end_ms = start_ms + duration_ms;
-
-        let mut quiet = Vec::new();
-        // Flaky merchants are busy enough to be seen but are not the top two.
-        let flaky: Vec<usize> = rand::seq::index::sample(&mut rng, 58, 5)
-            .into_iter()
-            .map(|i| i + 2)
-            .collect();
-        if duration_ms > 0 {
-            quiet.push(QuietSpec {
-                quiet_type: QuietType::Diurnal,
-                start_ms,
-                end_ms,
-                dims: BTreeMap::new(),
-                intensity: DIURNAL_AMPLITUDE,
-            });
-            for &m in &flaky {
-                quiet.push(QuietSpec {
-                    quiet_type: QuietType::FlakyMerchant,
-                    start_ms,
-                    end_ms,
-                    dims: dims_of(&[("merchant_id", &world.merchants[m])]),
-                    intensity: round_to(rng.gen_range(0.03..0.08), 3),
-                });
-            }
-        }
+        let (mut quiet, flaky) = background(&world, &mut rng, start_ms, end_ms);
 
         // Plan: fault types and durations per round; timed quiet cases in the gaps.
         let avail = duration_ms - WARMUP;
@@ -725,6 +868,9 @@ impl Scenario {
                 end_ms: e,
                 dims,
                 intensity,
+                injections: Vec::new(),
+                elements: Vec::new(),
+                description: String::new(),
             });
         }
         let outage_bins: Vec<&str> = faults
@@ -756,6 +902,8 @@ impl Scenario {
                 end_ms: s + len,
                 dims,
                 intensity,
+                injections: Vec::new(),
+                description: String::new(),
             });
         }
 
@@ -769,6 +917,8 @@ impl Scenario {
             duplicate_rate: 0.005,
             late_rate: 0.002,
             bad_line_rate: 0.0001,
+            family: Family::Standard,
+            attrs: false,
         }
     }
 
@@ -804,6 +954,7 @@ impl Scenario {
             .map(|f| {
                 let d = &f.dims;
                 let description = match f.fault_type {
+                    _ if !f.description.is_empty() => f.description.clone(),
                     FaultType::ProviderRegionOutage => format!(
                         "{} in {}: technical auth failures at {}",
                         get(d, "provider"),
@@ -842,12 +993,19 @@ impl Scenario {
                         "{}: settlement events stop in every region",
                         get(d, "provider")
                     ),
+                    ft => format!("{ft} fault"),
                 };
                 FaultLabel {
                     id: f.id.clone(),
                     fault_type: f.fault_type,
-                    rule: f.fault_type.rule().to_string(),
+                    rule: f.rule().to_string(),
                     dims: f.dims.clone(),
+                    elements: if self.family.is_standard() {
+                        f.elements.clone()
+                    } else {
+                        f.expected()
+                    },
+                    family: self.family,
                     start: ts(f.start_ms),
                     end: ts(f.end_ms),
                     intensity: f.intensity,
@@ -862,6 +1020,7 @@ impl Scenario {
                 let d = &q.dims;
                 let len = minutes(q.end_ms - q.start_ms);
                 let description = match q.quiet_type {
+                    _ if !q.description.is_empty() => q.description.clone(),
                     QuietType::TrafficSurge => format!(
                         "auth and webhook volume x{:.1} for {len}, failure rates unchanged",
                         q.intensity
@@ -886,6 +1045,7 @@ impl Scenario {
                         get(d, "bin"),
                         pct(q.intensity)
                     ),
+                    qt => format!("{qt} for {len}"),
                 };
                 QuietLabel {
                     quiet_type: q.quiet_type,
@@ -904,11 +1064,52 @@ impl Scenario {
             events_per_sec: self.events_per_sec,
             faults,
             quiet,
+            family: self.family,
         }
     }
 }
 
-fn round_to(x: f64, decimals: i32) -> f64 {
+/// The quiet cases every scenario has, drawn from `rng`: the daily swing and
+/// five flaky merchants (busy enough to be seen, not the top two), whose
+/// popularity ranks come back too.
+pub(crate) fn background(
+    world: &World,
+    rng: &mut StdRng,
+    start_ms: i64,
+    end_ms: i64,
+) -> (Vec<QuietSpec>, Vec<usize>) {
+    let mut quiet = Vec::new();
+    let flaky: Vec<usize> = rand::seq::index::sample(rng, 58, 5)
+        .into_iter()
+        .map(|i| i + 2)
+        .collect();
+    if end_ms > start_ms {
+        let whole = |quiet_type, dims, intensity| QuietSpec {
+            quiet_type,
+            start_ms,
+            end_ms,
+            dims,
+            intensity,
+            injections: Vec::new(),
+            description: String::new(),
+        };
+        quiet.push(whole(
+            QuietType::Diurnal,
+            BTreeMap::new(),
+            DIURNAL_AMPLITUDE,
+        ));
+        for &m in &flaky {
+            quiet.push(whole(
+                QuietType::FlakyMerchant,
+                dims_of(&[("merchant_id", &world.merchants[m])]),
+                round_to(rng.gen_range(0.03..0.08), 3),
+            ));
+        }
+    }
+    (quiet, flaky)
+}
+
+pub(crate) fn round_to(x: f64, decimals: i32) -> f64 {
     let f = 10f64.powi(decimals);
     (x * f).round() / f
 }
@@ -1035,6 +1236,7 @@ impl Targets {
                 let p = one(&self.settle_stop, rng);
                 (dims_of(&[("provider", PROVIDERS[p])]), 1.0)
             }
+            ft => unreachable!("{ft} is not a standard fault type"),
         }
     }
 }
@@ -1068,7 +1270,7 @@ pub struct GenStats {
 
 /// Why an auth failed, which picks its error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cause {
+pub(crate) enum Cause {
     Baseline,
     Provider,
     Issuer,
@@ -1106,6 +1308,8 @@ enum Effect {
         bin: u32,
         rate: f64,
     },
+    /// A family injection: index into [`Generator::hits`].
+    Generic(u16),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1167,6 +1371,7 @@ struct Ev {
     code: Option<&'static str>,
     latency: u64,
     message: Option<&'static str>,
+    attrs: Option<Attrs>,
 }
 
 /// A card number (Stripe's test Visa) in upstream text, which ingest must redact.
@@ -1180,7 +1385,7 @@ fn message_for(code: &str) -> &'static str {
         "webhook_timeout" => "delivery timed out after 10s",
         "insufficient_funds" => "insufficient funds (RC 51)",
         "do_not_honor" => "do not honor (RC 05)",
-        _ => "card expired (RC 54)",
+        c => inject::message_for_new_code(c).unwrap_or("card expired (RC 54)"),
     }
 }
 
@@ -1200,6 +1405,10 @@ pub struct Generator {
     bad_rate: f64,
 
     effects: Vec<Timed>,
+    /// Compiled family injections, referenced by [`Effect::Generic`].
+    hits: Vec<Hit>,
+    /// Auths carry attrs.
+    attrs: bool,
     active: Vec<usize>,
     next_change: i64,
     surge: f64,
@@ -1302,6 +1511,26 @@ impl Generator {
         };
 
         let mut effects = Vec::new();
+        let mut hits = Vec::new();
+        // Family faults and quiet cases: their injections, compiled.
+        let generic = |effects: &mut Vec<Timed>,
+                       hits: &mut Vec<Hit>,
+                       start: i64,
+                       end: i64,
+                       injections: &[Injection]|
+         -> Result<(), String> {
+            for inj in injections {
+                let hit = Hit::compile(inj, &world)?;
+                let index = u16::try_from(hits.len()).map_err(|_| "too many injections")?;
+                hits.push(hit);
+                effects.push(Timed {
+                    start,
+                    end,
+                    effect: Effect::Generic(index),
+                });
+            }
+            Ok(())
+        };
         for f in &scenario.faults {
             let what = f.id.as_str();
             if f.end_ms <= f.start_ms {
@@ -1309,6 +1538,14 @@ impl Generator {
             }
             if !(0.0..=1.0).contains(&f.intensity) {
                 return Err(bad(what, "intensity must be in 0..1".into()));
+            }
+            if !f.fault_type.is_standard() || !f.injections.is_empty() {
+                if f.injections.is_empty() {
+                    return Err(bad(what, "a family fault needs injections".into()));
+                }
+                generic(&mut effects, &mut hits, f.start_ms, f.end_ms, &f.injections)
+                    .map_err(|m| bad(what, m))?;
+                continue;
             }
             let exp = f.fault_type.dims();
             let r = |k| resolve(what, &f.dims, exp, k);
@@ -1350,6 +1587,7 @@ impl Generator {
                 FaultType::SettlementVolumeStop => Effect::SettleStop {
                     provider: r("provider")? as u8,
                 },
+                ft => return Err(bad(what, format!("a {ft} fault needs injections"))),
             };
             effects.push(Timed {
                 start: f.start_ms,
@@ -1366,6 +1604,16 @@ impl Generator {
             let what = format!("quiet[{i}] {}", q.quiet_type);
             if q.end_ms <= q.start_ms {
                 return Err(bad(&what, "end must be after start".into()));
+            }
+            if !q.injections.is_empty()
+                || matches!(q.quiet_type, QuietType::Failover | QuietType::DeclineBurst)
+            {
+                if q.injections.is_empty() {
+                    return Err(bad(&what, "a family quiet case needs injections".into()));
+                }
+                generic(&mut effects, &mut hits, q.start_ms, q.end_ms, &q.injections)
+                    .map_err(|m| bad(&what, m))?;
+                continue;
             }
             let r = |k| resolve(&what, &q.dims, q.quiet_type.dims(), k);
             match q.quiet_type {
@@ -1432,6 +1680,7 @@ impl Generator {
                         amplitude: q.intensity.clamp(0.0, 0.95),
                     });
                 }
+                QuietType::Failover | QuietType::DeclineBurst => {}
             }
         }
         injections.sort_unstable();
@@ -1447,6 +1696,8 @@ impl Generator {
             late_rate: scenario.late_rate,
             bad_rate: scenario.bad_line_rate,
             effects,
+            hits,
+            attrs: scenario.attrs,
             active: Vec::new(),
             next_change: i64::MIN,
             surge: 1.0,
@@ -1597,15 +1848,49 @@ impl Generator {
         let w = &self.world;
         let rng = &mut self.rng;
         let pair = w.pair_cdf.sample(rng);
+        let pair = relocated(&self.active, &self.effects, &self.hits, inject::AUTH, pair);
         let (p, r) = ((pair / REGIONS.len()) as u8, (pair % REGIONS.len()) as u8);
         let bin = w.bin_cdf.sample(rng) as u32;
         let merchant = w.merchant_cdf.sample(rng) as u32;
+        let attrs = self.attrs.then(|| inject::draw_attrs(rng));
         let base = w.pair_fail[pair];
         let mut pf = base;
         let mut cause = Cause::Baseline;
+        let mut forced: Option<&'static str> = None;
         let mut pd = w.bins[bin as usize].decline;
         for &i in &self.active {
             match self.effects[i].effect {
+                Effect::Generic(h) => {
+                    let hit = &self.hits[h as usize];
+                    if hit.kinds & inject::AUTH == 0
+                        || !hit.matches(p, r, Some(bin), Some(merchant), attrs)
+                    {
+                        continue;
+                    }
+                    let elapsed = t - self.effects[i].start;
+                    match hit.act {
+                        Act::Fail {
+                            rate,
+                            ramp_ms,
+                            code,
+                        } => {
+                            let target = base + (rate - base) * inject::ramp(elapsed, ramp_ms);
+                            if target > pf {
+                                pf = target;
+                                cause = hit.cause;
+                                forced = code;
+                            }
+                        }
+                        Act::Add { add, ramp_ms } => {
+                            pf = (pf + add * inject::ramp(elapsed, ramp_ms)).min(1.0);
+                            if cause == Cause::Baseline {
+                                cause = hit.cause;
+                            }
+                        }
+                        Act::Decline { rate } => pd = rate,
+                        Act::Move { .. } => {}
+                    }
+                }
                 Effect::AuthFail {
                     provider,
                     region,
@@ -1650,6 +1935,10 @@ impl Generator {
                 Cause::Network if u < 0.7 => "timeout",
                 Cause::Network => "provider_5xx",
             };
+            let code = match forced {
+                Some(f) if c != Cause::Baseline => f,
+                _ => code,
+            };
             ("failure", Some(code))
         } else if rng.gen::<f64>() < pd {
             let u: f64 = rng.gen();
@@ -1683,6 +1972,7 @@ impl Generator {
                 code,
                 latency,
                 message,
+                attrs,
             },
         );
     }
@@ -1691,6 +1981,13 @@ impl Generator {
         let w = &self.world;
         let rng = &mut self.rng;
         let pair = w.pair_cdf.sample(rng);
+        let pair = relocated(
+            &self.active,
+            &self.effects,
+            &self.hits,
+            inject::WEBHOOK,
+            pair,
+        );
         let merchant = w.merchant_cdf.sample(rng) as u32;
         let mut pf = w.merchant_webhook_fail[merchant as usize];
         if let Some(f) = self.flaky_of[merchant as usize] {
@@ -1703,11 +2000,19 @@ impl Generator {
                     .map_or(f.base, |b| b.2);
             }
         }
+        let (p, r) = ((pair / REGIONS.len()) as u8, (pair % REGIONS.len()) as u8);
         for &i in &self.active {
-            if let Effect::WebhookFail { merchant: m, rate } = self.effects[i].effect {
-                if m == merchant {
-                    pf = pf.max(rate);
+            match self.effects[i].effect {
+                Effect::WebhookFail { merchant: m, rate } if m == merchant => pf = pf.max(rate),
+                Effect::Generic(h) => {
+                    let hit = &self.hits[h as usize];
+                    if hit.kinds & inject::WEBHOOK != 0
+                        && hit.matches(p, r, None, Some(merchant), None)
+                    {
+                        pf = generic_rate(hit, pf, t - self.effects[i].start);
+                    }
                 }
+                _ => {}
             }
         }
         let failed = rng.gen::<f64>() < pf;
@@ -1732,6 +2037,7 @@ impl Generator {
                 code,
                 latency,
                 message,
+                attrs: None,
             },
         );
     }
@@ -1740,6 +2046,13 @@ impl Generator {
         let w = &self.world;
         let rng = &mut self.rng;
         let pair = w.pair_cdf.sample(rng);
+        let pair = relocated(
+            &self.active,
+            &self.effects,
+            &self.hits,
+            inject::SETTLEMENT,
+            pair,
+        );
         let p = (pair / REGIONS.len()) as u8;
         let mut pf = w.settle_fail[pair];
         for &i in &self.active {
@@ -1747,6 +2060,13 @@ impl Generator {
                 // Thinning: the stopped provider's events are drawn and dropped.
                 Effect::SettleStop { provider } if provider == p => return,
                 Effect::SettleFail { provider, rate } if provider == p => pf = pf.max(rate),
+                Effect::Generic(h) => {
+                    let hit = &self.hits[h as usize];
+                    let r = (pair % REGIONS.len()) as u8;
+                    if hit.kinds & inject::SETTLEMENT != 0 && hit.matches(p, r, None, None, None) {
+                        pf = generic_rate(hit, pf, t - self.effects[i].start);
+                    }
+                }
                 _ => {}
             }
         }
@@ -1774,6 +2094,7 @@ impl Generator {
                 code,
                 latency,
                 message,
+                attrs: None,
             },
         );
     }
@@ -1793,6 +2114,7 @@ impl Generator {
                 code: Some("issuer_unavailable"),
                 latency,
                 message: None,
+                attrs: None,
             },
         );
     }
@@ -1878,6 +2200,9 @@ impl Generator {
             s.push_str(m);
             s.push('"');
         }
+        if let Some(a) = ev.attrs {
+            inject::push_attrs(&mut s, a);
+        }
         s.push('}');
         if corrupt == Some(0) {
             // Lines are ASCII, so any byte offset is a char boundary.
@@ -1943,6 +2268,31 @@ impl Generator {
         ];
         // Every byte above is ASCII.
         s.push_str(std::str::from_utf8(&b).unwrap_or_default());
+    }
+}
+
+/// The pair (provider x region index) traffic of `kind` is processed in once
+/// the active family moves apply.
+fn relocated(active: &[usize], effects: &[Timed], hits: &[Hit], kind: u8, pair: usize) -> usize {
+    if hits.is_empty() {
+        return pair;
+    }
+    let active_hits = active.iter().filter_map(|&i| match effects[i].effect {
+        Effect::Generic(h) => Some(&hits[h as usize]),
+        _ => None,
+    });
+    inject::relocate(active_hits, kind, pair)
+}
+
+/// The failure rate of a webhook or settlement a family injection touches,
+/// `elapsed_ms` after it started.
+fn generic_rate(hit: &Hit, pf: f64, elapsed_ms: i64) -> f64 {
+    match hit.act {
+        Act::Fail { rate, ramp_ms, .. } => {
+            pf.max(pf + (rate - pf) * inject::ramp(elapsed_ms, ramp_ms))
+        }
+        Act::Add { add, ramp_ms } => (pf + add * inject::ramp(elapsed_ms, ramp_ms)).min(1.0),
+        Act::Decline { .. } | Act::Move { .. } => pf,
     }
 }
 
@@ -2077,6 +2427,35 @@ mod tests {
             let back: Labels = serde_json::from_str(&json).unwrap();
             assert_eq!(back, labels);
         }
+    }
+
+    /// The standard scenario's lines and labels, byte for byte, as they were
+    /// before scenario families existed (`faultline gen --seed 1 --duration 3h
+    /// --rate 8`): family code must not change a standard byte.
+    #[test]
+    fn standard_scenario_bytes_are_pinned() {
+        use sha2::{Digest, Sha256};
+        let sc = Scenario::standard(1, 3 * HOUR, 8.0);
+        let mut events = Sha256::new();
+        let mut n = 0;
+        for line in Generator::new(&sc).unwrap() {
+            events.update(line.text.as_bytes());
+            events.update(b"\n");
+            n += 1;
+        }
+        assert_eq!(n, 97_950);
+        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(&events.finalize()),
+            "771229e4c8ee86a0a03eae59f4adb967da189038f0d45a5dac2ad067f62877d7"
+        );
+        let mut labels = serde_json::to_string_pretty(&sc.labels()).unwrap();
+        labels.push('\n');
+        assert_eq!(
+            hex(&Sha256::digest(labels.as_bytes())),
+            "d4005b54048b56260afe9ca14b9f495da6d49d1602e85264edfc8e9b5f1bef77"
+        );
+        assert_eq!(Scenario::family(Family::Standard, 1, 3 * HOUR, 8.0), sc);
     }
 
     #[test]
@@ -2288,6 +2667,7 @@ mod tests {
                     assert!(r > 0.02 && r < 0.15, "{q:?}: {during:?}");
                 }
                 QuietType::Diurnal => assert!(during.events > 100_000),
+                QuietType::Failover | QuietType::DeclineBurst => {}
             }
         }
     }
