@@ -165,6 +165,7 @@ impl App {
         clock: Clock,
         notifier: Option<Arc<dyn Notifier>>,
     ) -> anyhow::Result<App> {
+        let rules = rules.with_explain(&explain_of(settings));
         let metrics = Arc::new(Metrics::new());
         // ClickHouse when configured: an unreachable server at start is an
         // error (see `store::clickhouse`); outages later are ridden out.
@@ -573,4 +574,15 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The `[explain]` settings as the rules take them.
+pub fn explain_of(settings: &Settings) -> crate::rules::Explain {
+    let e = &settings.explain;
+    crate::rules::Explain {
+        standard: e.standard,
+        bin_prefix: e.bin_prefix,
+        attrs: e.attrs.clone(),
+        max_attr_values: e.max_attr_values,
+    }
 }

@@ -93,6 +93,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Several replicas on one stream.
     pub cluster: ClusterSettings,
+    /// Attributes incidents are explained with beyond each rule's dimensions.
+    pub explain: ExplainSettings,
 }
 
 impl Default for Settings {
@@ -110,6 +112,7 @@ impl Default for Settings {
             engine: EngineSettings::default(),
             store: StoreSettings::default(),
             cluster: ClusterSettings::default(),
+            explain: ExplainSettings::default(),
         }
     }
 }
@@ -582,6 +585,40 @@ impl Default for EngineSettings {
     }
 }
 
+/// `[explain]`: the event attributes every rate rule explains incidents with,
+/// beyond its own `dimensions` (so a card network outage is named
+/// `card_brand=amex` by a rule that counts `provider x region x bin`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExplainSettings {
+    /// Explain with the standard attributes: provider, region, bin, its issuer
+    /// prefix, card_brand, merchant_id, and failures' error_code.
+    pub standard: bool,
+    /// Digits of the BIN prefix explained with (4: `bin4`), 0 for none.
+    pub bin_prefix: u8,
+    /// `attrs.NAME` keys to explain with (attributes are free-form, so none by
+    /// default), at most [`MAX_EXPLAIN_ATTRS`].
+    pub attrs: Vec<String>,
+    /// Distinct values kept per attribute in `attrs` and per rule; later new
+    /// values are not explained with (a high-cardinality attribute such as a
+    /// request id cannot grow memory without bound).
+    pub max_attr_values: usize,
+}
+
+/// Most `attrs.NAME` keys `[explain]` takes.
+pub const MAX_EXPLAIN_ATTRS: usize = 4;
+
+impl Default for ExplainSettings {
+    fn default() -> Self {
+        ExplainSettings {
+            standard: true,
+            bin_prefix: 4,
+            attrs: Vec::new(),
+            max_attr_values: 1000,
+        }
+    }
+}
+
 /// `[store]`: bounds of the embedded in-memory store.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -900,7 +937,40 @@ impl Settings {
                 "must be longer than 0s",
             ));
         }
+        self.validate_explain()?;
         self.validate_cluster()
+    }
+
+    fn validate_explain(&self) -> Result<(), ConfigError> {
+        let e = &self.explain;
+        if e.bin_prefix > 5 {
+            return Err(ConfigError::invalid(
+                "explain.bin_prefix",
+                "must be 0 (none) to 5 digits",
+            ));
+        }
+        if e.attrs.len() > MAX_EXPLAIN_ATTRS {
+            return Err(ConfigError::invalid(
+                "explain.attrs",
+                format!("at most {MAX_EXPLAIN_ATTRS} attributes"),
+            ));
+        }
+        if let Some(bad) = e.attrs.iter().find(|a| !valid_attr_name(a)) {
+            return Err(ConfigError::invalid(
+                "explain.attrs",
+                format!(
+                    "`{}` is not an attribute name ([A-Za-z0-9_.-], 1 to 64 characters)",
+                    crate::redact::redact_all(bad)
+                ),
+            ));
+        }
+        if e.max_attr_values == 0 {
+            return Err(ConfigError::invalid(
+                "explain.max_attr_values",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
@@ -1089,6 +1159,13 @@ fn valid_token_name(name: &str) -> bool {
         && name.len() <= 64
         && name
             .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// An `attrs` key as `[explain]` takes it.
+pub fn valid_attr_name(a: &str) -> bool {
+    (1..=64).contains(&a.len())
+        && a.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 

@@ -62,6 +62,10 @@ enum Command {
         /// Rules folder (default: ./rules, else the built-in rules).
         #[arg(long, env = "FAULTLINE_RULES_DIR")]
         rules: Option<PathBuf>,
+        /// `attrs.NAME` keys incidents may be explained with, comma-separated
+        /// (as `[explain] attrs` in the config of `run`).
+        #[arg(long, value_delimiter = ',')]
+        explain_attrs: Vec<String>,
     },
     /// Root-cause localization of one CSV snapshot (`real`, `predict`, dimensions).
     Rca {
@@ -224,7 +228,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replay { events, rules } => replay(&events, rules),
+        Command::Replay {
+            events,
+            rules,
+            explain_attrs,
+        } => replay(&events, rules, explain_attrs),
         Command::Rca { file } => match faultline::localize::rca::run_file(&file) {
             Ok(json) => {
                 println!("{json}");
@@ -311,7 +319,7 @@ fn report_errors(what: &str, r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn replay(events: &str, rules: Option<PathBuf>) -> ExitCode {
+fn replay(events: &str, rules: Option<PathBuf>, attrs: Vec<String>) -> ExitCode {
     let rules = match load_rules(rules) {
         Ok(r) => r,
         Err(e) => {
@@ -319,6 +327,17 @@ fn replay(events: &str, rules: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(bad) = attrs
+        .iter()
+        .find(|a| !faultline::config::valid_attr_name(a))
+    {
+        eprintln!("faultline replay: --explain-attrs: `{bad}` is not an attribute name");
+        return ExitCode::from(2);
+    }
+    let rules = rules.with_explain(&faultline::rules::Explain {
+        attrs,
+        ..Default::default()
+    });
     let reader: Box<dyn BufRead + Send> = if events == "-" {
         Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
     } else {

@@ -151,7 +151,8 @@ impl Reloader {
         let print = fingerprint(&self.dir);
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = print;
         let rules = match RuleSet::load_dir(&self.dir) {
-            Ok(r) => r,
+            // The attributes explained with come from the settings, not the folder.
+            Ok(r) => r.with_explain(&self.live.get().explain),
             Err(errors) => {
                 let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 self.metrics.rules_reload("error");

@@ -467,6 +467,9 @@ pub struct Explain {
     pub bin_prefix: u8,
     /// `attrs.NAME` keys explained with (allow-listed: attributes are free-form).
     pub attrs: Vec<String>,
+    /// Distinct values kept per attribute of `attrs` and per rule; later new
+    /// values are not explained with.
+    pub max_attr_values: usize,
 }
 
 impl Default for Explain {
@@ -475,6 +478,7 @@ impl Default for Explain {
             standard: true,
             bin_prefix: 4,
             attrs: Vec::new(),
+            max_attr_values: 1000,
         }
     }
 }
@@ -496,6 +500,8 @@ pub struct CellDims {
     pub search: usize,
     /// Whether slot `search` holds the error code of failures.
     pub code: bool,
+    /// Distinct values kept per `attrs.NAME` slot.
+    pub attr_cap: usize,
 }
 
 impl CellDims {
@@ -532,6 +538,7 @@ impl CellDims {
             base: dims.len(),
             search,
             code,
+            attr_cap: explain.max_attr_values,
         }
     }
 
@@ -626,6 +633,9 @@ impl fmt::Display for RuleError {
 pub struct RuleSet {
     /// The rules, in file then definition order.
     pub rules: Vec<CompiledRule>,
+    /// What they explain incidents with ([`RuleSet::with_explain`]); a reload
+    /// keeps it.
+    pub explain: Explain,
 }
 
 impl RuleSet {
@@ -709,7 +719,10 @@ impl RuleSet {
             }
         }
         if errors.is_empty() {
-            Ok(RuleSet { rules })
+            Ok(RuleSet {
+                rules,
+                explain: Explain::default(),
+            })
         } else {
             Err(errors)
         }
@@ -720,6 +733,7 @@ impl RuleSet {
         for r in &mut self.rules {
             r.cells = CellDims::of(&r.rule, &r.dims, &r.filter, explain);
         }
+        self.explain = explain.clone();
         self
     }
 

@@ -231,6 +231,7 @@ impl Engine {
             for (slot, v) in key.iter_mut().zip(rs.rule.cells.values(e, failure)) {
                 *slot = self.interner.intern(v);
             }
+            rs.cap_attrs(&mut key);
             let step = e.ts_ms.div_euclid(rs.step_ms);
             rs.count(key, step, 1, u32::from(failure));
             if rs.first_step.is_none() {
@@ -293,6 +294,7 @@ impl Engine {
         {
             *slot = self.interner.intern(*v);
         }
+        rs.cap_attrs(&mut key);
         rs.count(key, step, attempts, failures.min(attempts));
         if rs.first_step.is_none() {
             rs.first_step = Some(step);

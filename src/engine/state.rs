@@ -148,6 +148,9 @@ pub(super) struct RuleState {
     /// ([`RuleState::count`]); `held_len` entries in all.
     pub held: BTreeMap<i64, Vec<(Key, u32, u32)>>,
     pub held_len: usize,
+    /// Per `attrs.NAME` slot, the values seen (at most the rule's attribute
+    /// cap; later new values count as missing).
+    pub attr_seen: Vec<(usize, rustc_hash::FxHashSet<u32>)>,
     /// Buffers kept from step to step (a step's leaves; its counts per base).
     pub leaf_buf: Vec<crate::localize::Leaf>,
     pub step_buf: FxHashMap<Key, (crate::window::Bucket, crate::window::Bucket)>,
@@ -180,7 +183,31 @@ impl RuleState {
             held_len: 0,
             leaf_buf: Vec::new(),
             step_buf: FxHashMap::default(),
+            attr_seen: rule
+                .cells
+                .dims
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| matches!(d, crate::rules::Dim::Attr(_)))
+                .map(|(i, _)| (i, Default::default()))
+                .collect(),
             rule,
+        }
+    }
+
+    /// Bounds the values of free-form attributes: past the rule's cap, a new
+    /// value of an `attrs.NAME` slot counts as missing (it names nothing).
+    pub fn cap_attrs(&mut self, key: &mut Key) {
+        let cap = self.rule.cells.attr_cap;
+        for (slot, seen) in &mut self.attr_seen {
+            let v = key[*slot];
+            if v != NONE_ID && !seen.contains(&v) {
+                if seen.len() >= cap {
+                    key[*slot] = NONE_ID;
+                } else {
+                    seen.insert(v);
+                }
+            }
         }
     }
 

@@ -171,7 +171,15 @@ pub struct EvalArgs {
     /// and the root causes its incidents named, and the unmatched incidents.
     #[arg(long, requires = "family")]
     pub details: bool,
+    /// `attrs.NAME` keys incidents may be explained with, comma-separated (as
+    /// `[explain] attrs` in the config) [default: the attributes the scenario
+    /// generator writes, `channel,app_version`].
+    #[arg(long, value_delimiter = ',')]
+    pub explain_attrs: Option<Vec<String>>,
 }
+
+/// The attributes generated scenarios carry (`cause_attr`).
+const GENERATED_ATTRS: [&str; 2] = ["channel", "app_version"];
 
 /// NDJSON lines of a file, stopping at (and keeping) the first read error.
 struct FileLines {
@@ -259,7 +267,22 @@ where
 /// one line of JSON, to stdout.
 pub fn eval_command(args: &EvalArgs) -> anyhow::Result<()> {
     let (rules, rules_from) = load_rules(args.rules.as_deref())?;
-    eprintln!("rules: {rules_from} ({} rules)", rules.rules.len());
+    let attrs = match &args.explain_attrs {
+        Some(a) => a.clone(),
+        None => GENERATED_ATTRS.iter().map(|a| a.to_string()).collect(),
+    };
+    if let Some(bad) = attrs.iter().find(|a| !crate::config::valid_attr_name(a)) {
+        bail!("--explain-attrs: `{bad}` is not an attribute name");
+    }
+    let rules = rules.with_explain(&crate::rules::Explain {
+        attrs,
+        ..Default::default()
+    });
+    eprintln!(
+        "rules: {rules_from} ({} rules, explaining with attrs {:?})",
+        rules.rules.len(),
+        rules.explain.attrs
+    );
     let detector = Detector::of(args);
     if let Some(choice) = args.family {
         return eval_families(args, choice, &rules, &detector);
@@ -432,6 +455,7 @@ mod tests {
             naive: true,
             family: None,
             details: false,
+            explain_attrs: None,
         };
         eval_command(&eval).unwrap();
     }
