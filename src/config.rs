@@ -1500,6 +1500,7 @@ mod tests {
         assert_eq!(s.slack.api_url, d.slack.api_url);
         assert_eq!(s.api.body_limit_bytes, d.api.body_limit_bytes);
         assert_eq!(s.api.request_timeout, d.api.request_timeout);
+        assert_eq!(s.explain, d.explain);
         assert_eq!(s.engine.allowed_lateness, d.engine.allowed_lateness);
         assert_eq!(s.engine.dedupe_horizon, d.engine.dedupe_horizon);
         assert_eq!(s.engine.max_cells_per_rule, d.engine.max_cells_per_rule);

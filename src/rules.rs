@@ -572,10 +572,20 @@ impl CompiledRule {
             .filter(|(_, d)| d.is_derived())
             .fold(0, |m, (i, _)| m | (1 << i));
         let nameless = (self.cells.base..self.cells.search).fold(0, |m, i| m | (1 << i));
+        // A BIN's prefixes and card brand follow from it.
+        let follows = self
+            .cells
+            .dims
+            .iter()
+            .take(self.cells.search)
+            .enumerate()
+            .filter(|(_, d)| d.is_derived() || **d == Dim::CardBrand)
+            .fold(0, |m, (i, _)| m | (1 << i));
         crate::localize::Limits {
             derived,
             nameless,
             root: self.cells.search > self.cells.base,
+            follows,
             ..Default::default()
         }
     }

@@ -151,6 +151,50 @@ fn schema_is_created_once_and_migrates_forward_idempotently() {
         ),
         1
     );
+
+    // A version-1 database, an incident in it: the incidents table gains
+    // `candidates` (18.16 has no ADD COLUMN IF NOT EXISTS), the old row reads
+    // with none, and candidates written from then on come back.
+    ch.sql("CREATE DATABASE fl_v1");
+    for sql in schema::MIGRATIONS[0].statements {
+        ch.sql(&sql.replace("{db}", "fl_v1"));
+    }
+    ch.sql(
+        "CREATE TABLE fl_v1.schema_version (version UInt32, description String, \
+         applied_at DateTime) ENGINE = MergeTree ORDER BY version",
+    );
+    ch.sql("INSERT INTO fl_v1.schema_version VALUES (1, 'v1', now())");
+    ch.sql(&format!(
+        "INSERT INTO fl_v1.incidents (id, version, rule, kind, severity, status, opened_at, \
+         opened_at_ms, updated_at_ms, root_causes, title, summary, summary_source, links) \
+         VALUES ('inc_old', 1, 'auth_technical_failures', 'auth', 'critical', 'open', now(), \
+         {T0}, {T0}, '[]', 'old', 'old', 'template', '[]')"
+    ));
+    let v1s = settings_for(&ch, "fl_v1");
+    let v1 = connect(&rt, &v1s, Arc::new(Metrics::new()));
+    assert_eq!(v1.schema_version(), schema::latest_version());
+    let has_candidates = "SELECT count() FROM system.columns \
+         WHERE database = 'fl_v1' AND table = 'incidents' AND name = 'candidates'";
+    assert_eq!(count(&ch, has_candidates), 1);
+    let dyn_v1: Arc<dyn Store> = v1.clone();
+    let old = rt
+        .block_on(dyn_v1.get("inc_old"))
+        .unwrap()
+        .expect("the old incident");
+    assert_eq!(old.incident.title, "old");
+    assert!(old.incident.candidates.is_empty());
+    let mut inc = incident("inc_new", T0, "stripe");
+    let mut piece = inc.root_causes[0].clone();
+    piece.dims.insert("bin".into(), "411111".into());
+    inc.candidates = vec![piece];
+    rt.block_on(dyn_v1.upsert(&inc, &[], None)).unwrap();
+    assert!(rt.block_on(v1.flush(Duration::from_secs(30))));
+    rt.block_on(v1.shutdown(Duration::from_secs(5)));
+    drop((v1, dyn_v1));
+    let fresh: Arc<dyn Store> = connect(&rt, &v1s, Arc::new(Metrics::new()));
+    let back = rt.block_on(fresh.get("inc_new")).unwrap().expect("stored");
+    assert_eq!(back.incident.candidates, inc.candidates);
+    assert_eq!(count(&ch, has_candidates), 1, "migrated once");
 }
 
 /// The standard scenario's lines (with its first fault) and that fault's rule.

@@ -180,6 +180,14 @@ fn text_of(m: &Msg) -> String {
 }
 
 /// Runs the Block Kit validator over `payloads` (see the module docs).
+/// Texts of the replies in the thread of the message `ts`, oldest first.
+fn thread_of(msgs: &[Msg], ts: &str) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.thread_ts.as_deref() == Some(ts))
+        .map(text_of)
+        .collect()
+}
+
 fn validate_blockkit(payloads: &[Value]) {
     let python = match std::env::var("FAULTLINE_BLOCKKIT_PYTHON") {
         Ok(p) if !p.trim().is_empty() => p,
@@ -733,11 +741,7 @@ fn notifier_threads_updates_once_and_never_posts_twice() {
             == 2
     });
     let msgs = stub.messages();
-    let thread: Vec<String> = msgs
-        .iter()
-        .filter(|m| m.thread_ts.as_deref() == Some(ts.as_str()))
-        .map(text_of)
-        .collect();
+    let thread = thread_of(&msgs, &ts);
     let count = |needle: &str| thread.iter().filter(|t| t.contains(needle)).count();
     assert_eq!(
         count("Severity changed: warning → *critical*"),
@@ -754,6 +758,43 @@ fn notifier_threads_updates_once_and_never_posts_twice() {
         "amber once acknowledged"
     );
     assert_eq!(roots(&msgs)[&inc.id].len(), 1);
+
+    // Resolved, reopened within the rule's reopen_within, resolved again:
+    // one thread, told each time.
+    let mut res = acked.clone();
+    res.status = Status::Resolved;
+    res.resolved_at = Some(res.updated_at + chrono::Duration::minutes(5));
+    rt.block_on(n.notify(&Transition::Resolved(res.clone())))
+        .unwrap();
+    let mut again = res.clone();
+    again.status = Status::Open;
+    again.resolved_at = None;
+    again.updated_at = res.updated_at + chrono::Duration::minutes(7);
+    rt.block_on(n.notify(&Transition::Updated(again.clone())))
+        .unwrap();
+    let mut res2 = again.clone();
+    res2.status = Status::Resolved;
+    res2.resolved_at = Some(again.updated_at + chrono::Duration::minutes(5));
+    rt.block_on(n.notify(&Transition::Resolved(res2))).unwrap();
+    stub.wait_for("the second resolve", Duration::from_secs(30), |_, msgs| {
+        msgs.iter()
+            .filter(|m| m.thread_ts.as_deref() == Some(ts.as_str()))
+            .filter(|m| text_of(m).contains("Resolved after"))
+            .count()
+            == 2
+    });
+    let msgs = stub.messages();
+    let thread = thread_of(&msgs, &ts);
+    let reopened: Vec<&String> = thread.iter().filter(|t| t.contains("Reopened")).collect();
+    assert_eq!(reopened.len(), 1, "{thread:#?}");
+    let first_resolve = thread.iter().position(|t| t.contains("Resolved after"));
+    let reopen_at = thread.iter().position(|t| t.contains("Reopened"));
+    assert!(first_resolve < reopen_at, "{thread:#?}");
+    assert_eq!(
+        roots(&msgs)[&inc.id].len(),
+        1,
+        "reopening posts no new incident"
+    );
 
     // Every call was audited and counted.
     let calls = stub.calls();

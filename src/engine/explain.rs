@@ -82,6 +82,7 @@ impl Engine {
             volume: 0.0,
             llr: 0.0,
             score: 0.0,
+            implied: 0,
         };
         for (k, v) in dims {
             let d = rs

@@ -522,3 +522,69 @@ fn duplicates_and_late_events_are_skipped() {
         Ok(())
     );
 }
+
+/// Two BINs of one range fail, one of them carrying most of the range's
+/// traffic. As the outage fades its last failures sit in the big BIN with the
+/// range's small rest too thin to look healthy: the incident keeps naming the
+/// two BINs, from its opening to its resolve, never the whole range.
+#[test]
+fn a_fading_outage_keeps_its_root_causes() {
+    let rules = rules_with_bin4();
+    let mut engine = Engine::new(&rules, &EngineOptions::default());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (start, end) = (40 * 60_000, 46 * 60_000 + 30_000);
+    let mut out = Vec::new();
+    let mut id = 0;
+    // Per 50 ms: BIN 414700 most of the time, 414701 now and then, the
+    // range's other BINs rarely, another range for the rest.
+    for ms in (0..60 * 60_000).step_by(50) {
+        id += 1;
+        let x: f64 = rng.gen();
+        let bin = if x < 0.55 {
+            "414700".to_string()
+        } else if x < 0.58 {
+            "414701".to_string()
+        } else if x < 0.60 {
+            format!("41470{}", rng.gen_range(2..10))
+        } else {
+            format!("5100{:02}", rng.gen_range(0..10))
+        };
+        let p = rng.gen_range(0..3);
+        let failing = ms >= start && ms < end && (bin == "414700" || bin == "414701");
+        let rate = if failing { 0.85 } else { 0.01 };
+        let e = ev(id, ms, &format!("p{p}"), "r0", &bin, rng.gen_bool(rate));
+        let _ = engine.ingest(&e, &mut out);
+    }
+    engine.finish(&mut out);
+    let inc = opened(&out);
+    assert_eq!(inc.len(), 1, "{inc:#?}");
+    let id = &inc[0].id;
+    let mut seen = 0;
+    for c in &out {
+        let i = c.transition.incident();
+        if &i.id != id {
+            continue;
+        }
+        seen += 1;
+        let bins: Vec<Option<&str>> = i
+            .root_causes
+            .iter()
+            .map(|r| r.dims.get("bin").map(String::as_str))
+            .collect();
+        assert!(
+            bins.iter().all(|b| b.is_some()),
+            "{:?}: {:#?}",
+            c.transition,
+            i.root_causes
+        );
+    }
+    let last = out
+        .iter()
+        .rev()
+        .find(|c| &c.transition.incident().id == id)
+        .unwrap()
+        .transition
+        .incident();
+    assert_eq!(last.status, Status::Resolved);
+    assert!(seen >= 2);
+}

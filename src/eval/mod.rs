@@ -13,9 +13,11 @@
 //!
 //! An incident matches a fault when it has the fault's rule, it opened within
 //! `[start, end + 5 min]` of the fault (event time), and any of its root causes
-//! is compatible with any of the fault's expected elements (no dimension with a
-//! different value; a coarser or finer element still counts as detecting the
-//! fault, but only the exact element counts for root-cause accuracy). A
+//! is compatible with any of the fault's expected elements (the same element,
+//! or one lying within the other: a coarser or finer element still counts as
+//! detecting the fault, but only the exact element counts for root-cause
+//! accuracy; a BIN implies its prefixes; elements on unrelated dimensions,
+//! such as a BIN and a provider x region, do not match). A
 //! standard fault has one expected element, its dims; a family fault
 //! ([`crate::ingest::families`]) may have several.
 //!
@@ -152,9 +154,31 @@ pub struct UnmatchedIncident {
     pub quiet: Option<QuietType>,
 }
 
-/// No dimension present in both with different values.
+/// An element's dimensions with what they imply: a BIN fixes its prefixes
+/// (`bin4` and the others).
+fn with_implied(a: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out = a.clone();
+    if let Some(bin) = a.get("bin") {
+        for n in 1..=5usize {
+            if let Some(p) = bin.get(..n) {
+                out.entry(format!("bin{n}"))
+                    .or_insert_with(|| p.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// One element lies within the other: the same, coarser (an ancestor, such
+/// as the provider of a failing provider x region) or finer. Elements on
+/// unrelated dimensions (a BIN and a provider x region) are not compatible,
+/// even though no value contradicts the other.
 fn compatible(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> bool {
-    a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+    let within = |x: &BTreeMap<String, String>, y: &BTreeMap<String, String>| {
+        let y = with_implied(y);
+        x.iter().all(|(k, v)| y.get(k) == Some(v))
+    };
+    within(a, b) || within(b, a)
 }
 
 /// Any root cause of `i` compatible with any of `elements`.

@@ -107,6 +107,9 @@ const WORSE_RATIO: f64 = 1.5;
 const WORSE_BY: f64 = 0.05;
 /// Share of a root cause's excess a cause inside it must carry to replace it.
 const NARROW_SHARE: f64 = 0.85;
+/// How much more excess than the root causes it encloses a cause must carry
+/// to replace them (the outage widened).
+const WIDEN_GAIN: f64 = 1.25;
 
 /// A root cause's excess over its expectation (failures, or missing events).
 fn excess(r: &RootCause) -> f64 {
@@ -394,12 +397,22 @@ impl IncidentManager {
                             && e.overlaps(&c.element)
                             && excess(&c.cause) >= NARROW_SHARE * excess(r)
                     };
-                    let replace = pairs.iter().any(|(e, _)| inside(e)) || pairs.iter().any(narrows);
+                    // Only a real widening: the enclosing cause carries
+                    // clearly more excess than the elements it would replace
+                    // carry now (as an outage fades, its last failures can
+                    // look like the parent's, and must not rename it).
+                    let replaced: f64 = pairs
+                        .iter()
+                        .filter(|(e, _)| inside(e))
+                        .map(|(_, r)| excess(r).max(0.0))
+                        .sum();
+                    let widens = replaced > 0.0 && excess(&c.cause) >= WIDEN_GAIN * replaced;
+                    let replace = widens || pairs.iter().any(narrows);
                     if fresh != Some(j)
                         && replace
                         && !pairs.iter().any(|(e, _)| e.same_as(&c.element))
                     {
-                        pairs.retain(|p| !inside(&p.0) && !narrows(p));
+                        pairs.retain(|p| !(narrows(p) || (widens && inside(&p.0))));
                         let (evidence, _) = evaluate(&c.element);
                         let mut evidence = evidence;
                         evidence.score = c.cause.score;

@@ -433,6 +433,7 @@ pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
                 key[d] = ((base / strides[d]) % grid.sizes[d] as usize) as u32;
             }
             found.push(Element {
+                implied: 0,
                 mask: super::Mask::from(mask),
                 key,
                 real,

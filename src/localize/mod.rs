@@ -73,6 +73,11 @@ pub struct Element {
     pub llr: f64,
     /// Share of the total excess it explains, 0..1 (set for chosen elements).
     pub score: f64,
+    /// Dimensions its leaves all share a value of without the element fixing
+    /// them, among those that follow from others ([`Limits::follows`]): a
+    /// BIN's prefix and card brand. Their values are in `key`. Only
+    /// [`Element::overlaps`] reads them.
+    pub implied: Mask,
 }
 
 impl Element {
@@ -81,12 +86,18 @@ impl Element {
         (0..MAX_DIMS).all(|d| self.mask & (1 << d) == 0 || self.key[d] == key[d])
     }
 
-    /// Whether one element lies within the other (they share the values they both fix
-    /// and one fixes a superset of the other's dimensions).
+    /// Whether `other` lies within this element: it fixes (or implies) every
+    /// value this one fixes.
+    pub fn encloses(&self, other: &Element) -> bool {
+        let known = other.mask | other.implied;
+        self.mask & known == self.mask
+            && (0..MAX_DIMS).all(|d| self.mask & (1 << d) == 0 || self.key[d] == other.key[d])
+    }
+
+    /// Whether one element lies within the other (`bin=414720` lies within
+    /// `bin4=4147` and within `card_brand=visa`, which it implies).
     pub fn overlaps(&self, other: &Element) -> bool {
-        let common = self.mask & other.mask;
-        let agree = (0..MAX_DIMS).all(|d| common & (1 << d) == 0 || self.key[d] == other.key[d]);
-        agree && (common == self.mask || common == other.mask)
+        self.encloses(other) || other.encloses(self)
     }
 
     /// Whether both fix the same dimensions to the same values (whatever their numbers).
@@ -130,6 +141,7 @@ impl Sum {
             volume: self.volume,
             llr: directed_llr(self.real, self.predict, dir),
             score: 0.0,
+            implied: 0,
         }
     }
 }
@@ -155,17 +167,22 @@ pub struct Limits {
     /// Whether the whole (no dimension fixed) is a candidate too: a failure
     /// across everything is one cause, not one per value of some dimension.
     pub root: bool,
+    /// Bit `d` set when dimension `d` follows from another one (a BIN's
+    /// prefix or card brand): where a reported element's leaves share one
+    /// value of it, the element implies it ([`Element::implied`]).
+    pub follows: Mask,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             beam: 24,
-            max_causes: 5,
+            max_causes: 8,
             expand_llr: 9.0,
             derived: 0,
             nameless: 0,
             root: false,
+            follows: 0,
         }
     }
 }
@@ -210,6 +227,23 @@ fn layer_one(leaves: &[Leaf], d: usize, max_id: u32) -> Vec<(u32, Sum)> {
             agg.entry(l.key[d]).or_default().add(l);
         }
         agg.into_iter().collect()
+    }
+}
+
+/// Marks the dimensions of `follows` that all of the element's leaves `idx`
+/// share one value of as implied.
+fn imply(el: &mut Element, leaves: &[Leaf], idx: &[u32], follows: Mask, dims: usize) {
+    for d in 0..dims {
+        if follows & !el.mask & (1 << d) == 0 {
+            continue;
+        }
+        let mut values = idx.iter().map(|&i| leaves[i as usize].key[d]);
+        if let Some(first) = values.next() {
+            if first != NONE_ID && values.all(|v| v == first) {
+                el.implied |= 1 << d;
+                el.key[d] = first;
+            }
+        }
     }
 }
 
@@ -369,6 +403,7 @@ pub fn localize(
     let mut causes: Vec<Element> = Vec::new();
     let mut residual: Vec<Element> = pool.iter().map(|c| c.el.clone()).collect();
     let mut chosen = vec![false; pool.len()];
+    let mut chosen_leaves: Vec<(Element, Vec<u32>)> = Vec::new();
     while causes.len() < limits.max_causes {
         let best = (0..pool.len())
             .filter(|&i| !chosen[i])
@@ -376,20 +411,7 @@ pub fn localize(
                 let e = &residual[i];
                 criteria.passes(e.real, e.predict, e.volume, threshold)
             })
-            .max_by(|&a, &b| {
-                residual[a]
-                    .llr
-                    .total_cmp(&residual[b].llr)
-                    // Equal evidence: prefer the simpler element, then the one
-                    // naming underlying dimensions, then a stable order.
-                    .then(residual[b].depth().cmp(&residual[a].depth()))
-                    .then(
-                        (residual[b].mask & limits.derived)
-                            .count_ones()
-                            .cmp(&(residual[a].mask & limits.derived).count_ones()),
-                    )
-                    .then(residual[b].key.cmp(&residual[a].key))
-            });
+            .min_by(|&a, &b| preference(&residual[a], &residual[b], limits.derived));
         let Some(i) = best else { break };
         chosen[i] = true;
         let mine: Vec<u32> = pool[i]
@@ -402,9 +424,16 @@ pub fn localize(
             if causes.len() >= limits.max_causes {
                 break;
             }
+            imply(&mut el, leaves, &ls, limits.follows, dims);
             for &li in &ls {
                 explained[li as usize] = true;
             }
+            // The cause's whole leaf set (its residual ones may be fewer).
+            let all = pool
+                .iter()
+                .find(|c| c.el.same_as(&el))
+                .map_or_else(|| ls.clone(), |c| c.leaves.clone());
+            chosen_leaves.push((el.clone(), all));
             for (j, c) in pool.iter().enumerate() {
                 if c.el.same_as(&el) {
                     chosen[j] = true;
@@ -435,19 +464,33 @@ pub fn localize(
     });
 
     // Pieces and alternatives: the original (not residual) numbers of the
-    // elements examined that pass the floors and are not causes.
-    let mut candidates: Vec<Element> = pool
-        .iter()
-        .filter(|c| !causes.iter().any(|k| k.same_as(&c.el)))
-        .filter(|c| criteria.passes_floors(c.el.real, c.el.predict, c.el.volume))
-        .map(|c| {
-            let mut e = c.el.clone();
-            e.score = share((e.real - e.predict).abs());
-            e
+    // elements examined that pass the floors and are not causes, nor another
+    // name for a cause's or a better candidate's events (`bin4=4111` when
+    // every event has BIN 411111; `region=X` when only provider P serves it).
+    let mut order: Vec<usize> = (0..pool.len())
+        .filter(|&i| !chosen_leaves.iter().any(|(k, _)| k.same_as(&pool[i].el)))
+        .filter(|&i| {
+            let e = &pool[i].el;
+            criteria.passes_floors(e.real, e.predict, e.volume)
         })
         .collect();
-    candidates.sort_by(|a, b| b.llr.total_cmp(&a.llr).then(a.key.cmp(&b.key)));
-    candidates.truncate(16);
+    order.sort_by(|&a, &b| preference(&pool[a].el, &pool[b].el, limits.derived));
+    let mut seen: Vec<&[u32]> = chosen_leaves.iter().map(|(_, l)| l.as_slice()).collect();
+    let mut candidates: Vec<Element> = Vec::new();
+    for i in order {
+        let c = &pool[i];
+        if candidates.len() >= MAX_CANDIDATES {
+            break;
+        }
+        if seen.contains(&c.leaves.as_slice()) {
+            continue;
+        }
+        seen.push(&c.leaves);
+        let mut e = c.el.clone();
+        e.score = share((e.real - e.predict).abs());
+        imply(&mut e, leaves, &c.leaves, limits.follows, dims);
+        candidates.push(e);
+    }
 
     Localization {
         causes,
@@ -456,6 +499,46 @@ pub fn localize(
         threshold,
     }
 }
+
+/// Most candidates reported beside the causes.
+const MAX_CANDIDATES: usize = 16;
+
+/// Which of two elements to report first: more evidence, then (on equal
+/// evidence, as for two names of the same events) the simpler element, the
+/// one naming underlying rather than derived dimensions, the one naming the
+/// earlier dimension (`provider` before `region`), then a stable order. One
+/// order everywhere, so the same events get the same name at every step.
+fn preference(a: &Element, b: &Element, derived: Mask) -> std::cmp::Ordering {
+    let close = (a.llr - b.llr).abs() <= 1e-9 * a.llr.abs().max(b.llr.abs()).max(1.0);
+    let by_llr = if close {
+        std::cmp::Ordering::Equal
+    } else {
+        b.llr.total_cmp(&a.llr)
+    };
+    let first_dim = |m: Mask, other: Mask| {
+        let diff = m ^ other;
+        // The element holding the lowest dimension the two differ on.
+        if diff == 0 {
+            0
+        } else {
+            (m & (diff & diff.wrapping_neg()) == 0) as u8
+        }
+    };
+    by_llr
+        .then(a.depth().cmp(&b.depth()))
+        .then(
+            (a.mask & derived)
+                .count_ones()
+                .cmp(&(b.mask & derived).count_ones()),
+        )
+        .then(first_dim(a.mask, b.mask).cmp(&first_dim(b.mask, a.mask)))
+        .then(a.key.cmp(&b.key))
+}
+
+/// Log-odds by which the rest of an element's children must fit the
+/// baseline better than its failing children's lift before those children
+/// replace it (about 20 to 1).
+const HEALTHY_LLR: f64 = 3.0;
 
 /// Elements with their leaves.
 type Parts = Vec<(Element, Vec<u32>)>;
@@ -512,23 +595,27 @@ impl Search<'_> {
                     rest.merge(&s);
                 }
             }
-            if failing.is_empty() || bad.predict <= 0.0 {
+            if failing.is_empty() || bad.predict <= 0.0 || bad.real <= 0.0 {
                 continue;
             }
-            // The failing children are (nearly) all of it: the element itself
-            // is the cause, whatever the spread of its children's rates.
-            if rest.volume <= 0.1 * (rest.volume + bad.volume) {
-                continue;
-            }
-            // The rest fails like the failing children (their lift fits it
-            // better than the baseline does): the element is the cause, its
-            // quieter children only too small to pass on their own.
+            // The rest of the children must be shown healthy: the baseline
+            // fits them better than the failing children's lift does, by
+            // odds of at least e^HEALTHY_LLR. A rest failing like the others
+            // (children only too small to pass on their own), or too small to
+            // tell either way, leaves the element itself as the cause.
             let k = bad.real / bad.predict;
-            if k > 0.0 && rest.real * k.ln() - (k - 1.0) * rest.predict > 0.0 {
+            if rest.real * k.ln() - (k - 1.0) * rest.predict > -HEALTHY_LLR {
                 continue;
             }
+            // A healthy rest refutes the element (it claims those children
+            // fail too): its failing children are the causes, however many.
+            // Of the dimensions that split it so, the best explaining wins.
             let gain: f64 = failing.iter().map(|(c, _)| c.llr - t).sum();
-            if gain > el.llr - t && best.as_ref().is_none_or(|b| gain > b.0) {
+            // Ties (two names of the same children) go to the earlier dimension.
+            if best
+                .as_ref()
+                .is_none_or(|b| gain > b.0 + 1e-9 * b.0.abs().max(1.0))
+            {
                 failing.sort_by(|a, b| b.0.llr.total_cmp(&a.0.llr).then(a.0.key.cmp(&b.0.key)));
                 best = Some((gain, failing));
             }

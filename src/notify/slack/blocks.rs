@@ -382,6 +382,15 @@ pub fn resolved_reply(inc: &Incident) -> Message {
     ))
 }
 
+/// The reply when a resolved incident's cause fails again (within its
+/// rule's `reopen_within`): the same thread, not a new incident.
+pub fn reopened_reply(inc: &Incident) -> Message {
+    let at = inc.updated_at.format("%H:%M:%S UTC");
+    reply(&format!(
+        ":repeat: Reopened at {at}: failing again soon after it resolved. Same incident, same thread."
+    ))
+}
+
 /// The reply when the severity changed.
 pub fn severity_reply(from: Severity, to: Severity) -> Message {
     reply(&format!(

@@ -381,6 +381,13 @@ impl Worker {
             return Ok(());
         };
         let mut changed = false;
+        if post.resolved && inc.status == crate::incident::Status::Open {
+            // Reopened: say so in the thread, and tell its next resolve too.
+            self.reply(inc, &post, blocks::reopened_reply(inc)).await?;
+            post.resolved = false;
+            post.announced.remove("resolved");
+            changed = true;
+        }
         if let Some(prev) = post.severity.filter(|s| *s != inc.severity) {
             self.reply(inc, &post, blocks::severity_reply(prev, inc.severity))
                 .await?;

@@ -232,6 +232,8 @@ pub(crate) struct IncidentRow {
     /// JSON array of links.
     pub links: String,
     pub prompt_version: Option<String>,
+    /// JSON array of candidates (schema version 2).
+    pub candidates: String,
 }
 
 fn name_of<T: Serialize>(v: &T) -> String {
@@ -277,6 +279,7 @@ impl IncidentRow {
             summary_source: name_of(&inc.summary_source),
             links: serde_json::to_string(&inc.links).unwrap_or_else(|_| "[]".into()),
             prompt_version: inc.prompt_version.clone(),
+            candidates: serde_json::to_string(&inc.candidates).unwrap_or_else(|_| "[]".into()),
         }
     }
 
@@ -309,7 +312,7 @@ impl IncidentRow {
             summary_source: parse_name(&self.summary_source).unwrap_or(SummarySource::Template),
             links,
             prompt_version: self.prompt_version,
-            candidates: Vec::new(),
+            candidates: serde_json::from_str(&self.candidates).unwrap_or_default(),
         };
         (inc, human)
     }

@@ -26,17 +26,22 @@ pub struct Migration {
     pub description: &'static str,
     /// Idempotent statements.
     pub statements: &'static [&'static str],
+    /// Columns added after the statements, as (table, column, type with its
+    /// default): each only when `system.columns` lacks it, since 18.16 has no
+    /// `ADD COLUMN IF NOT EXISTS`.
+    pub columns: &'static [(&'static str, &'static str, &'static str)],
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "events, cell_steps, incidents, timeline, series, silences, audit",
-    statements: &[
-        // Raw events. Replaying NATS at restart writes some events twice:
-        // rows with the same sorting key (which holds the id) collapse on merge,
-        // and the store skips replayed events older than what it had stored.
-        "CREATE TABLE IF NOT EXISTS {db}.events (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "events, cell_steps, incidents, timeline, series, silences, audit",
+        statements: &[
+            // Raw events. Replaying NATS at restart writes some events twice:
+            // rows with the same sorting key (which holds the id) collapse on merge,
+            // and the store skips replayed events older than what it had stored.
+            "CREATE TABLE IF NOT EXISTS {db}.events (
             ts DateTime, ts_ms Int64, id String, kind String, outcome String,
             provider String, region String, bin String, merchant_id String,
             card_brand String, error_code String, latency_ms Nullable(Float64),
@@ -45,7 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         ) ENGINE = ReplacingMergeTree(inserted_at)
         PARTITION BY toYYYYMMDD(ts)
         ORDER BY (kind, provider, region, ts, id)",
-        "CREATE TABLE IF NOT EXISTS {db}.cell_steps (
+            "CREATE TABLE IF NOT EXISTS {db}.cell_steps (
             ts DateTime, step_s UInt32, rule String, kind String,
             provider String, region String, bin String, merchant_id String,
             cell String, dim_keys Array(String), dim_values Array(String),
@@ -54,7 +59,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         ) ENGINE = ReplacingMergeTree(inserted_at)
         PARTITION BY toYYYYMMDD(ts)
         ORDER BY (rule, provider, region, ts, cell)",
-        "CREATE TABLE IF NOT EXISTS {db}.incidents (
+            "CREATE TABLE IF NOT EXISTS {db}.incidents (
             id String, version UInt64, rule String, kind String, severity String,
             status String, human_status String,
             opened_at DateTime, opened_at_ms Int64, updated_at_ms Int64,
@@ -67,26 +72,26 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         ) ENGINE = ReplacingMergeTree(version)
         PARTITION BY toYYYYMMDD(opened_at)
         ORDER BY id",
-        "CREATE TABLE IF NOT EXISTS {db}.incident_timeline (
+            "CREATE TABLE IF NOT EXISTS {db}.incident_timeline (
             incident_id String, seq UInt64, at DateTime, at_ms Int64,
             what String, by String, detail String
         ) ENGINE = ReplacingMergeTree()
         PARTITION BY toYYYYMMDD(at)
         ORDER BY (incident_id, seq)",
-        "CREATE TABLE IF NOT EXISTS {db}.incident_series (
+            "CREATE TABLE IF NOT EXISTS {db}.incident_series (
             incident_id String, seq UInt64, at DateTime, at_ms Int64,
             events UInt64, failures UInt64, value Float64, baseline Float64
         ) ENGINE = ReplacingMergeTree()
         PARTITION BY toYYYYMMDD(at)
         ORDER BY (incident_id, seq)",
-        "CREATE TABLE IF NOT EXISTS {db}.silences (
+            "CREATE TABLE IF NOT EXISTS {db}.silences (
             id String, version UInt64, deleted UInt8, matchers String,
             starts_at_ms Int64, ends_at_ms Int64, comment String, created_by String,
             created_at DateTime, created_at_ms Int64
         ) ENGINE = ReplacingMergeTree(version)
         PARTITION BY toYYYYMMDD(created_at)
         ORDER BY id",
-        "CREATE TABLE IF NOT EXISTS {db}.audit_llm_calls (
+            "CREATE TABLE IF NOT EXISTS {db}.audit_llm_calls (
             at DateTime, at_ms Int64, incident_id String, prompt_version String,
             model String, attempt UInt32, prompt String, response String,
             outcome String, detail String, latency_ms UInt64,
@@ -94,14 +99,22 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         ) ENGINE = MergeTree
         PARTITION BY toYYYYMMDD(at)
         ORDER BY (at, incident_id)",
-        "CREATE TABLE IF NOT EXISTS {db}.audit_slack_calls (
+            "CREATE TABLE IF NOT EXISTS {db}.audit_slack_calls (
             at DateTime, at_ms Int64, incident_id String, method String,
             channel String, ts Nullable(String), status String, latency_ms UInt64
         ) ENGINE = MergeTree
         PARTITION BY toYYYYMMDD(at)
         ORDER BY (at, incident_id)",
-    ],
-}];
+        ],
+        columns: &[],
+    },
+    Migration {
+        version: 2,
+        description: "incidents.candidates: the pieces and alternatives beside the root causes",
+        statements: &[],
+        columns: &[("incidents", "candidates", "String DEFAULT '[]'")],
+    },
+];
 
 /// The version the code expects.
 pub fn latest_version() -> u32 {
@@ -136,6 +149,11 @@ pub async fn migrate(root: &Client, db: &str) -> Result<u32, StoreError> {
                 .await
                 .map_err(|e| unavailable(&format!("migration {}", m.version), e))?;
         }
+        for (table, column, ty) in m.columns {
+            add_column(root, db, table, column, ty)
+                .await
+                .map_err(|e| unavailable(&format!("migration {}", m.version), e))?;
+        }
         root.query(&format!(
             "INSERT INTO {db}.schema_version (version, description, applied_at) \
              VALUES (?, ?, now())"
@@ -152,6 +170,46 @@ pub async fn migrate(root: &Client, db: &str) -> Result<u32, StoreError> {
         );
     }
     current_version(root, db).await
+}
+
+async fn has_column(
+    root: &Client,
+    db: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, clickhouse::error::Error> {
+    let n = root
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(db)
+        .bind(table)
+        .bind(column)
+        .fetch_one::<u64>()
+        .await?;
+    Ok(n > 0)
+}
+
+/// Adds a column unless it is there; a daemon adding it at the same moment
+/// makes ours fail, which is fine once the column exists.
+async fn add_column(
+    root: &Client,
+    db: &str,
+    table: &str,
+    column: &str,
+    ty: &str,
+) -> Result<(), clickhouse::error::Error> {
+    if has_column(root, db, table, column).await? {
+        return Ok(());
+    }
+    let added = root
+        .query(&format!(
+            "ALTER TABLE {db}.{table} ADD COLUMN {column} {ty}"
+        ))
+        .execute()
+        .await;
+    match added {
+        Err(e) if !has_column(root, db, table, column).await? => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The highest applied version (0 on an empty table).
