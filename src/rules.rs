@@ -563,29 +563,23 @@ impl CompiledRule {
     /// (a BIN prefix beside the BIN), and which name no element by their
     /// missing value (the attributes explained with beyond the rule's own).
     pub fn localize_limits(&self) -> crate::localize::Limits {
-        let derived = self
-            .cells
-            .dims
-            .iter()
-            .take(self.cells.search)
-            .enumerate()
-            .filter(|(_, d)| d.is_derived())
-            .fold(0, |m, (i, _)| m | (1 << i));
+        let mask_of = |keep: &dyn Fn(&Dim) -> bool| {
+            self.cells
+                .dims
+                .iter()
+                .take(self.cells.search)
+                .enumerate()
+                .filter(|(_, d)| keep(d))
+                .fold(0, |m, (i, _)| m | (1 << i))
+        };
         let nameless = (self.cells.base..self.cells.search).fold(0, |m, i| m | (1 << i));
-        // A BIN's prefixes and card brand follow from it.
-        let follows = self
-            .cells
-            .dims
-            .iter()
-            .take(self.cells.search)
-            .enumerate()
-            .filter(|(_, d)| d.is_derived() || **d == Dim::CardBrand)
-            .fold(0, |m, (i, _)| m | (1 << i));
         crate::localize::Limits {
-            derived,
+            derived: mask_of(&|d| d.is_derived()),
             nameless,
             root: self.cells.search > self.cells.base,
-            follows,
+            // A BIN's prefixes and card brand follow from it.
+            follows: mask_of(&|d| d.is_derived() || *d == Dim::CardBrand),
+            source: mask_of(&|d| *d == Dim::Bin),
             ..Default::default()
         }
     }

@@ -81,9 +81,29 @@ struct Open {
     told_ms: i64,
     /// Event time it resolved (incidents kept for reopening).
     resolved_ms: i64,
+    /// The most excess each root-cause element has been seen with: how well
+    /// established the incident's current description is.
+    peaks: Vec<(Element, f64)>,
 }
 
 impl Open {
+    /// The most excess `el` has been seen with as a root cause (0 when never).
+    fn peak(&self, el: &Element) -> f64 {
+        self.peaks
+            .iter()
+            .find(|(e, _)| e.same_as(el))
+            .map_or(0.0, |p| p.1)
+    }
+
+    /// Records the root causes' excess now; forgets elements no longer root causes.
+    fn record_peaks(&mut self) {
+        let mut peaks = Vec::with_capacity(self.elements.len());
+        for (e, r) in self.elements.iter().zip(&self.incident.root_causes) {
+            peaks.push((e.clone(), self.peak(e).max(excess(r))));
+        }
+        self.peaks = peaks;
+    }
+
     fn overlaps(&self, el: &Element) -> bool {
         self.elements.iter().any(|e| e.overlaps(el))
     }
@@ -396,17 +416,23 @@ impl IncidentManager {
                             && e.mask != c.element.mask
                             && e.overlaps(&c.element)
                             && excess(&c.cause) >= NARROW_SHARE * excess(r)
+                            && excess(&c.cause) >= NARROW_SHARE * o.peak(e)
                     };
                     // Only a real widening: the enclosing cause carries
                     // clearly more excess than the elements it would replace
-                    // carry now (as an outage fades, its last failures can
-                    // look like the parent's, and must not rename it).
-                    let replaced: f64 = pairs
-                        .iter()
-                        .filter(|(e, _)| inside(e))
-                        .map(|(_, r)| excess(r).max(0.0))
-                        .sum();
-                    let widens = replaced > 0.0 && excess(&c.cause) >= WIDEN_GAIN * replaced;
+                    // carry now (the outage grew), or at least as much as they
+                    // were ever seen with (the first windows named pieces of
+                    // it). As an outage fades its last failures can look like
+                    // the parent's, with little evidence: no renaming then.
+                    let (now, peak) = pairs.iter().filter(|(e, _)| inside(e)).fold(
+                        (0.0, 0.0),
+                        |(n, p), (e, r)| {
+                            let x = excess(r).max(0.0);
+                            (n + x, p + o.peak(e).max(x))
+                        },
+                    );
+                    let gain = excess(&c.cause);
+                    let widens = now > 0.0 && (gain >= WIDEN_GAIN * now || gain >= peak);
                     let replace = widens || pairs.iter().any(narrows);
                     if fresh != Some(j)
                         && replace
@@ -425,6 +451,7 @@ impl IncidentManager {
             if fresh == Some(j) {
                 // Opened this step: told as it is.
                 (o.elements, o.incident.root_causes) = pairs.into_iter().unzip();
+                o.record_peaks();
                 o.incident.candidates = candidates_of(&o.elements, &found);
                 o.told = o
                     .incident
@@ -448,6 +475,7 @@ impl IncidentManager {
             if firing {
                 o.clean = 0;
                 (o.elements, o.incident.root_causes) = pairs.into_iter().unzip();
+                o.record_peaks();
                 let window_ms = rule.rule.window.ms();
                 let inc = &mut o.incident;
                 inc.candidates = candidates_of(&o.elements, &found);
@@ -550,6 +578,7 @@ impl IncidentManager {
             incident,
             clean: 0,
             resolved_ms: 0,
+            peaks: Vec::new(),
         }
     }
 

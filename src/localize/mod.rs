@@ -171,6 +171,9 @@ pub struct Limits {
     /// prefix or card brand): where a reported element's leaves share one
     /// value of it, the element implies it ([`Element::implied`]).
     pub follows: Mask,
+    /// Bit `d` set when dimension `d` is the one the `follows` dimensions
+    /// follow from (`bin`): an element fixing it needs none of them.
+    pub source: Mask,
 }
 
 impl Default for Limits {
@@ -183,6 +186,7 @@ impl Default for Limits {
             nameless: 0,
             root: false,
             follows: 0,
+            source: 0,
         }
     }
 }
@@ -585,12 +589,24 @@ impl Search<'_> {
             }
             let mut failing: Parts = Vec::new();
             let (mut bad, mut rest) = (Sum::default(), Sum::default());
+            // Fixing the BIN makes its range and brand redundant: `bin=414720`,
+            // not `bin4=4147, bin=414720`.
+            let drop = if self.limits.source & (1 << d) != 0 {
+                el.mask & self.limits.follows
+            } else {
+                0
+            };
             for (v, (s, ls)) in groups {
                 if nameable(self.limits, d, v) && child.passes(s.real, s.predict, s.volume, t) {
                     let mut key = el.key;
                     key[d] = v;
+                    for (k, slot) in key.iter_mut().enumerate() {
+                        if drop & (1 << k) != 0 {
+                            *slot = 0;
+                        }
+                    }
                     bad.merge(&s);
-                    failing.push((s.element(el.mask | (1 << d), key, dir), ls));
+                    failing.push((s.element((el.mask & !drop) | (1 << d), key, dir), ls));
                 } else {
                     rest.merge(&s);
                 }
@@ -749,6 +765,27 @@ mod tests {
         assert_eq!(found, vec![vec![(0, 2), (1, 3)], vec![(0, 2), (1, 5)]]);
         // The parent is kept as a candidate, not a cause.
         assert!(loc.candidates.iter().any(|c| dims_of(c) == vec![(0, 2)]));
+    }
+
+    #[test]
+    fn two_bins_of_a_range_are_named_by_bin_alone() {
+        // Dimensions: provider (4), bin (20), bin4 (the range: 4 of 5 BINs each).
+        let mut leaves = grid(&[4, 20], &[(&[(1, 1)], 0.6), (&[(1, 2)], 0.6)]);
+        for l in &mut leaves {
+            l.key[2] = (l.key[1] - 1) / 5 + 1;
+        }
+        let limits = Limits {
+            derived: 0b100,
+            follows: 0b100,
+            source: 0b010,
+            ..Limits::default()
+        };
+        let loc = localize(3, &leaves, &criteria(), &limits);
+        let mut found: Vec<_> = loc.causes.iter().map(dims_of).collect();
+        found.sort();
+        assert_eq!(found, vec![vec![(1, 1)], vec![(1, 2)]], "{:?}", loc.causes);
+        // Their range is implied, not named.
+        assert!(loc.causes.iter().all(|c| c.implied == 0b100 && c.key[2] == 1));
     }
 
     #[test]
