@@ -104,6 +104,66 @@ impl Open {
         self.peaks = peaks;
     }
 
+    /// Renames the incident's root causes (`pairs`, with their evidence now)
+    /// when this step's `causes` describe the same failures better.
+    ///
+    /// Narrowing: causes strictly inside one element carry nearly all of its
+    /// excess, now and of the most it was seen with (the first windows of an
+    /// outage show its parent; two BINs of a range are those two BINs).
+    /// Widening: a cause enclosing some elements carries clearly more excess
+    /// than they carry now (the outage grew: a provider's second region became
+    /// the whole provider) or at least as much as they were ever seen with
+    /// (the first windows named pieces of it). As an outage fades its last
+    /// failures can look like a parent's or a child's, with little evidence:
+    /// no renaming then.
+    fn revise(
+        &self,
+        pairs: &mut Vec<(Element, RootCause)>,
+        causes: &[Finding],
+        evaluate: &mut impl FnMut(&Element) -> (RootCause, bool),
+    ) {
+        let strictly = |outer: &Element, inner: &Element| {
+            outer.encloses(inner) && !outer.same_as(inner) && !inner.encloses(outer)
+        };
+        let mut added: Vec<&Finding> = Vec::new();
+        pairs.retain(|(e, r)| {
+            let inner: Vec<&Finding> = causes.iter().filter(|c| strictly(e, &c.element)).collect();
+            let carried: f64 = inner.iter().map(|c| excess(&c.cause).max(0.0)).sum();
+            let narrow = !inner.is_empty()
+                && carried >= NARROW_SHARE * excess(r)
+                && carried >= NARROW_SHARE * self.peak(e);
+            if narrow {
+                added.extend(inner);
+            }
+            !narrow
+        });
+        for c in causes {
+            let inside = |e: &Element| strictly(&c.element, e);
+            let (now, peak) =
+                pairs
+                    .iter()
+                    .filter(|(e, _)| inside(e))
+                    .fold((0.0, 0.0), |(n, p), (e, r)| {
+                        let x = excess(r).max(0.0);
+                        (n + x, p + self.peak(e).max(x))
+                    });
+            let gain = excess(&c.cause);
+            if now > 0.0 && (gain >= WIDEN_GAIN * now || gain >= peak) {
+                pairs.retain(|(e, _)| !inside(e));
+                added.retain(|a| !inside(&a.element));
+                added.push(c);
+            }
+        }
+        for c in added {
+            if pairs.iter().any(|(e, _)| e.same_as(&c.element)) {
+                continue;
+            }
+            let (mut evidence, _) = evaluate(&c.element);
+            evidence.score = c.cause.score;
+            pairs.push((c.element.clone(), evidence));
+        }
+    }
+
     fn overlaps(&self, el: &Element) -> bool {
         self.elements.iter().any(|e| e.overlaps(el))
     }
@@ -400,51 +460,10 @@ impl IncidentManager {
                 if o.overlaps(&c.element) {
                     claimed[i] = true;
                     firing = true;
-                    // A cause enclosing some of its elements: the outage
-                    // widened (a provider's second region became the whole
-                    // provider), and the incident's root cause with it.
-                    let inside = |e: &Element| {
-                        c.element.mask & e.mask == c.element.mask
-                            && c.element.mask != e.mask
-                            && c.element.overlaps(e)
-                    };
-                    // A cause inside one of them carrying nearly all of its
-                    // excess: the localizer now sees where the failures are
-                    // (the first windows of an outage show its parent).
-                    let narrows = |(e, r): &(Element, RootCause)| {
-                        e.mask & c.element.mask == e.mask
-                            && e.mask != c.element.mask
-                            && e.overlaps(&c.element)
-                            && excess(&c.cause) >= NARROW_SHARE * excess(r)
-                            && excess(&c.cause) >= NARROW_SHARE * o.peak(e)
-                    };
-                    // Only a real widening: the enclosing cause carries
-                    // clearly more excess than the elements it would replace
-                    // carry now (the outage grew), or at least as much as they
-                    // were ever seen with (the first windows named pieces of
-                    // it). As an outage fades its last failures can look like
-                    // the parent's, with little evidence: no renaming then.
-                    let (now, peak) = pairs.iter().filter(|(e, _)| inside(e)).fold(
-                        (0.0, 0.0),
-                        |(n, p), (e, r)| {
-                            let x = excess(r).max(0.0);
-                            (n + x, p + o.peak(e).max(x))
-                        },
-                    );
-                    let gain = excess(&c.cause);
-                    let widens = now > 0.0 && (gain >= WIDEN_GAIN * now || gain >= peak);
-                    let replace = widens || pairs.iter().any(narrows);
-                    if fresh != Some(j)
-                        && replace
-                        && !pairs.iter().any(|(e, _)| e.same_as(&c.element))
-                    {
-                        pairs.retain(|p| !(narrows(p) || (widens && inside(&p.0))));
-                        let (evidence, _) = evaluate(&c.element);
-                        let mut evidence = evidence;
-                        evidence.score = c.cause.score;
-                        pairs.push((c.element.clone(), evidence));
-                    }
                 }
+            }
+            if fresh != Some(j) {
+                o.revise(&mut pairs, causes, &mut evaluate);
             }
             order(&mut pairs);
             let p = point(end_ms, &pairs[0].1, volume_rule);

@@ -785,7 +785,10 @@ mod tests {
         found.sort();
         assert_eq!(found, vec![vec![(1, 1)], vec![(1, 2)]], "{:?}", loc.causes);
         // Their range is implied, not named.
-        assert!(loc.causes.iter().all(|c| c.implied == 0b100 && c.key[2] == 1));
+        assert!(loc
+            .causes
+            .iter()
+            .all(|c| c.implied == 0b100 && c.key[2] == 1));
     }
 
     #[test]
