@@ -24,8 +24,10 @@ pub enum DiffKind {
     Added,
     /// Only the baseline opens it.
     Removed,
-    /// Both open it (same rule, root cause, overlapping time) but it opens or
-    /// resolves at a different time, or with another severity.
+    /// Both open it (same rule, overlapping time, the same root cause or one
+    /// lying within the other) but it opens or resolves at a different time,
+    /// with another severity, or names another root cause (a stricter rule
+    /// may name only the piece of an outage that still passes its floors).
     Changed,
 }
 
@@ -60,24 +62,56 @@ fn overlaps(a: &Incident, b: &Incident) -> bool {
     a.opened_at <= end(b) && b.opened_at <= end(a)
 }
 
-/// Matches incidents by rule, root-cause dimensions and overlapping time.
+/// Whether one set of dimension values lies within the other (`{region: X}`
+/// and `{card_brand: visa, region: X}`).
+fn within(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> bool {
+    let sub = |x: &BTreeMap<String, String>, y: &BTreeMap<String, String>| {
+        x.iter().all(|(k, v)| y.get(k) == Some(v))
+    };
+    sub(a, b) || sub(b, a)
+}
+
+/// Whether two incidents name related root causes: one of either's lies
+/// within one of the other's.
+fn related(a: &Incident, b: &Incident) -> bool {
+    a.root_causes
+        .iter()
+        .any(|x| b.root_causes.iter().any(|y| within(&x.dims, &y.dims)))
+}
+
+/// Matches incidents by rule, overlapping time and root cause: the same root
+/// cause first, then related ones (one within the other).
 /// `before` is the baseline (`--against`), `after` the candidate (`--rules`).
 pub fn diff(before: &[Incident], after: &[Incident]) -> Vec<DiffEntry> {
     let mut used = vec![false; after.len()];
+    let mut matched: Vec<Option<usize>> = vec![None; before.len()];
+    let passes: [&dyn Fn(&Incident, &Incident) -> bool; 2] =
+        [&|a, b| dims(a) == dims(b), &|a, b| related(a, b)];
+    for same in passes {
+        for (j, b) in before.iter().enumerate() {
+            if matched[j].is_some() {
+                continue;
+            }
+            let hit = after
+                .iter()
+                .enumerate()
+                .position(|(i, a)| !used[i] && a.rule == b.rule && overlaps(a, b) && same(a, b));
+            if let Some(i) = hit {
+                used[i] = true;
+                matched[j] = Some(i);
+            }
+        }
+    }
     let mut out = Vec::new();
-    for b in before {
+    for (b, hit) in before.iter().zip(matched) {
         let bd = dims(b);
-        let hit = after
-            .iter()
-            .enumerate()
-            .position(|(i, a)| !used[i] && a.rule == b.rule && dims(a) == bd && overlaps(a, b));
         match hit {
             Some(i) => {
-                used[i] = true;
                 let a = &after[i];
                 if a.opened_at != b.opened_at
                     || a.resolved_at != b.resolved_at
                     || a.severity != b.severity
+                    || dims(a) != bd
                 {
                     out.push(DiffEntry {
                         change: DiffKind::Changed,
@@ -322,13 +356,23 @@ pub fn diff_table(entries: &[DiffEntry]) -> String {
             DiffKind::Removed => {
                 format!("- {} {}  {}", e.rule, fmt_dims(&e.dims), span(&e.before))
             }
-            DiffKind::Changed => format!(
-                "~ {} {}  {}  ->  {}",
-                e.rule,
-                fmt_dims(&e.dims),
-                span(&e.before),
-                span(&e.after)
-            ),
+            DiffKind::Changed => {
+                // A renamed root cause shows its new name after the arrow.
+                let renamed = e
+                    .after
+                    .as_ref()
+                    .map(dims)
+                    .filter(|d| *d != e.dims)
+                    .map(|d| format!("{} ", fmt_dims(&d)))
+                    .unwrap_or_default();
+                format!(
+                    "~ {} {}  {}  ->  {renamed}{}",
+                    e.rule,
+                    fmt_dims(&e.dims),
+                    span(&e.before),
+                    span(&e.after)
+                )
+            }
         };
         let _ = writeln!(out, "{line}");
     }
@@ -411,5 +455,20 @@ mod tests {
         );
         let t = diff_table(&d);
         assert!(t.contains("2 added, 1 removed, 1 changed"), "{t}");
+    }
+
+    #[test]
+    fn a_root_cause_renamed_to_a_piece_of_it_is_a_change() {
+        let before = vec![inc("r", "a", 10, Some(20))];
+        let mut piece = inc("r", "a", 12, Some(20));
+        piece.root_causes[0]
+            .dims
+            .insert("region".into(), "us-west-2".into());
+        let unrelated = inc("r", "z", 12, Some(20));
+        let d = diff(&before, &[piece, unrelated]);
+        let kinds: Vec<DiffKind> = d.iter().map(|e| e.change).collect();
+        assert_eq!(kinds, vec![DiffKind::Changed, DiffKind::Added], "{d:#?}");
+        let t = diff_table(&d);
+        assert!(t.contains("->  {provider=a,region=us-west-2} "), "{t}");
     }
 }
