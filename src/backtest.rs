@@ -71,6 +71,9 @@ fn within(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> bool {
     sub(a, b) || sub(b, a)
 }
 
+/// How a pass of [`diff`] pairs two incidents' root causes.
+type Matcher = dyn Fn(&Incident, &Incident) -> bool;
+
 /// Whether two incidents name related root causes: one of either's lies
 /// within one of the other's.
 fn related(a: &Incident, b: &Incident) -> bool {
@@ -85,8 +88,8 @@ fn related(a: &Incident, b: &Incident) -> bool {
 pub fn diff(before: &[Incident], after: &[Incident]) -> Vec<DiffEntry> {
     let mut used = vec![false; after.len()];
     let mut matched: Vec<Option<usize>> = vec![None; before.len()];
-    let passes: [&dyn Fn(&Incident, &Incident) -> bool; 2] =
-        [&|a, b| dims(a) == dims(b), &|a, b| related(a, b)];
+    let same_cause = |a: &Incident, b: &Incident| dims(a) == dims(b);
+    let passes: [&Matcher; 2] = [&same_cause, &related];
     for same in passes {
         for (j, b) in before.iter().enumerate() {
             if matched[j].is_some() {
