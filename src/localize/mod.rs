@@ -767,7 +767,10 @@ mod tests {
         let loc = localize(2, &leaves, &criteria(), &Limits::default());
         let found: Vec<_> = loc.causes.iter().map(dims_of).collect();
         assert_eq!(found.len(), 5, "{found:?}");
-        assert!(found.iter().all(|f| f.len() == 2 && f[0] == (0, 2)), "{found:?}");
+        assert!(
+            found.iter().all(|f| f.len() == 2 && f[0] == (0, 2)),
+            "{found:?}"
+        );
     }
 
     #[test]
