@@ -743,9 +743,9 @@ fn merge_pieces(
                 continue;
             }
             let mut key = [0u32; MAX_DIMS];
-            for d in 0..MAX_DIMS {
+            for (d, k) in key.iter_mut().enumerate() {
                 if mask & (1 << d) != 0 {
-                    key[d] = a.key[d];
+                    *k = a.key[d];
                 }
             }
             if !parents.contains(&(mask, key, up(a))) {

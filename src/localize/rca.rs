@@ -485,8 +485,7 @@ pub fn is_counts(snap: &Snapshot) -> bool {
 /// Whether the count search's lattice stays within [`COUNT_LATTICE_MAX`].
 fn counts_fit(snap: &Snapshot) -> bool {
     let dims = snap.names.len();
-    dims >= 1
-        && dims <= MAX_RULE_DIMS
+    (1..=MAX_RULE_DIMS).contains(&dims)
         && snap.real.len().saturating_mul((1usize << dims) - 1) <= COUNT_LATTICE_MAX
 }
 
