@@ -458,11 +458,12 @@ fn ln_choose(n: usize, k: usize) -> f64 {
     ln_gamma(n as f64 + 1.0) - ln_gamma(k as f64 + 1.0) - ln_gamma((n - k) as f64 + 1.0)
 }
 
-/// One element's leaves as the search sees them.
+/// One element's leaves as the search sees them: those no element found so far
+/// explains.
 struct Tally {
     /// Non-neutral leaves.
     leaves: usize,
-    /// Leaning leaves no element found so far explains.
+    /// Leaning leaves.
     fresh: usize,
     /// Leaves leaning up (beyond `t x low_fraction`) and down.
     up: usize,
@@ -471,8 +472,8 @@ struct Tally {
     predict: f64,
 }
 
-/// Counts an element's leaves; stops early (`None`) once neither direction can reach
-/// `purity` of its cells.
+/// Counts an element's leaves that no found element explains; stops early (`None`)
+/// once neither direction can reach `purity` of them.
 fn tally(
     grid: &Grid,
     cls: &[u8],
@@ -491,10 +492,17 @@ fn tally(
     };
     let mut ok = true;
     for_each_cell(base, free, |i| {
+        // Leaves a found element explains are no evidence for this one: counting
+        // them would let a few noise leaves beside a cause look like a cause of
+        // their own (a cause on one value of a 5-valued dimension fills 1/5 of every
+        // deeper element's leaves with strongly leaning ones).
+        if closed[i] {
+            return true;
+        }
         let c = cls[i];
         if c != NEUTRAL {
             t.leaves += 1;
-            t.fresh += usize::from(c >= LEAN_UP && !closed[i]);
+            t.fresh += usize::from(c >= LEAN_UP);
             t.up += usize::from(c == UP || c == LEAN_UP);
             t.down += usize::from(c == DOWN || c == LEAN_DOWN);
         }
@@ -514,6 +522,7 @@ fn tally(
 #[allow(clippy::too_many_arguments)]
 fn stands_out(
     grid: &Grid,
+    closed: &[bool],
     floor: f64,
     t: f64,
     base: usize,
@@ -528,6 +537,9 @@ fn stands_out(
     let t_low = t * opts.low_fraction;
     let mut mags = Vec::new();
     for_each_cell(base, free, |i| {
+        if closed[i] {
+            return true;
+        }
         if let Some(x) = rel_dev(grid, floor, i) {
             let m = if up { x } else { -x };
             if m > t_low {
@@ -662,7 +674,7 @@ pub fn localize_grid_all(grid: &Grid, opts: &CoverOptions) -> Localized {
                 continue;
             }
             if !stands_out(
-                grid, floor, t, base, &free, up, tl.leaves, ln_m, &noise, tail, opts,
+                grid, &closed, floor, t, base, &free, up, tl.leaves, ln_m, &noise, tail, opts,
             ) {
                 continue;
             }
@@ -689,6 +701,24 @@ pub fn localize_grid_all(grid: &Grid, opts: &CoverOptions) -> Localized {
 
 /// Found elements `merge_pieces` pairs up, strongest first.
 const MERGE_CONSIDERED: usize = 32;
+
+/// The element both `a` and `b` hold (their values together), if they agree where
+/// both fix a dimension.
+fn intersection(a: &Element, b: &Element) -> Option<(Mask, [u32; MAX_DIMS])> {
+    let mut key = a.key;
+    for (d, k) in key.iter_mut().enumerate() {
+        let (in_a, in_b) = (a.mask & (1 << d) != 0, b.mask & (1 << d) != 0);
+        if in_a && in_b && a.key[d] != b.key[d] {
+            return None;
+        }
+        if in_b {
+            *k = b.key[d];
+        } else if !in_a {
+            *k = 0;
+        }
+    }
+    Some((a.mask | b.mask, key))
+}
 
 /// Cell base and free dimensions of an element.
 fn cells_of(grid: &Grid, mask: Mask, key: &[u32; MAX_DIMS]) -> (usize, Vec<(usize, u32)>) {
@@ -756,6 +786,9 @@ fn merge_pieces(
     // Shallowest ancestors first.
     parents.sort_by_key(|p| (p.0.count_ones(), p.0, p.1));
     let mut pieces = Vec::new();
+    // Cells of other found elements within the ancestor being judged (allocated
+    // when first needed).
+    let mut taken: Vec<bool> = Vec::new();
     for (mask, key, dir_up) in parents {
         let probe = Element {
             implied: 0,
@@ -774,6 +807,25 @@ fn merge_pieces(
         if inside.len() < 2 {
             continue;
         }
+        // Leaves of other found elements within the ancestor are theirs, not
+        // evidence that the ancestor leans.
+        let others: Vec<(usize, Vec<(usize, u32)>)> = (0..found.len())
+            .filter(|j| !inside.contains(j))
+            .filter_map(|j| intersection(&probe, &found[j]))
+            .map(|(m, k)| cells_of(grid, m, &k))
+            .collect();
+        if !others.is_empty() && taken.is_empty() {
+            taken = vec![false; cls.len()];
+        }
+        let mark = |taken: &mut [bool], on: bool| {
+            for (base, free) in &others {
+                for_each_cell(*base, free, |i| {
+                    taken[i] = on;
+                    true
+                });
+            }
+        };
+        mark(&mut taken, true);
         let (base, free) = cells_of(grid, mask, &key);
         let (mut n, mut leaning, mut real, mut predict) = (0usize, 0usize, 0.0, 0.0);
         let want = if dir_up {
@@ -782,6 +834,9 @@ fn merge_pieces(
             [DOWN, LEAN_DOWN]
         };
         for_each_cell(base, &free, |i| {
+            if taken.get(i).copied().unwrap_or(false) {
+                return true;
+            }
             if cls[i] != NEUTRAL {
                 n += 1;
                 leaning += usize::from(want.contains(&cls[i]));
@@ -790,6 +845,7 @@ fn merge_pieces(
             predict += grid.predict[i];
             true
         });
+        mark(&mut taken, false);
         if n == 0 || (leaning as f64) < opts.merge_purity * n as f64 {
             continue;
         }

@@ -574,6 +574,7 @@ pub fn localize_counts(snap: &Snapshot, opts: &CountOptions) -> Localized {
     let mut candidates: Vec<Element> = Vec::new();
     let mut chosen_dev = 0.0;
     let el = |e: usize, (r, p): (f64, f64)| Element {
+        implied: 0,
         mask: lat.els[e].mask,
         key: lat.els[e].key,
         real: r,
