@@ -14,6 +14,7 @@ Run through benches/riskloc/run.sh (it makes the venv); see docs/rca.md.
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -145,9 +146,14 @@ def score(predictions, label):
 
 def run_faultline(binary, case):
     cid, path, label = case
+    # Wall time, and the CPU time the process used (user + system, from the children's
+    # rusage): on a shared machine the wall time also holds the waits for a core.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([binary, "rca", path], capture_output=True, text=True)
     ms = (time.perf_counter() - start) * 1000.0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_ms = ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1000.0
     if proc.returncode != 0:
         # Counted as an empty answer (every true element missed), and said.
         log(f"  faultline rca failed on {cid}: {proc.stderr.strip()}")
@@ -159,8 +165,8 @@ def run_faultline(binary, case):
     cands = ["&".join(f"{k}={v}" for k, v in sorted(c["dims"].items()))
              for c in out.get("candidates", [])]
     tp, fp, fn = score(preds, label)
-    return {"case": cid, "tp": tp, "fp": fp, "fn": fn, "ms": ms, "pred": preds,
-            "candidates": cands, "label": label, "error": out.get("error")}
+    return {"case": cid, "tp": tp, "fp": fp, "fn": fn, "ms": ms, "cpu_ms": cpu_ms,
+            "pred": preds, "candidates": cands, "label": label, "error": out.get("error")}
 
 
 def run_peer(args):
@@ -171,12 +177,14 @@ def run_peer(args):
     df, attributes = read_case(path)
     # Timed as RiskLoc's run.py times a method: the search and its post-processing,
     # after the data frame is read.
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     rcs = run_method(df, [None, None], attributes, method, dict(PEERS[method]), False, False)
     preds = list(root_cause_postprocessing(rcs, method))
     ms = (time.perf_counter() - start) * 1000.0
+    cpu_ms = (time.process_time() - cpu) * 1000.0
     tp, fp, fn = score(preds, label)
-    return {"case": cid, "tp": tp, "fp": fp, "fn": fn, "ms": ms, "pred": preds, "label": label}
+    return {"case": cid, "tp": tp, "fp": fp, "fn": fn, "ms": ms, "cpu_ms": cpu_ms,
+            "pred": preds, "label": label}
 
 
 def timed_out(method, case, seconds):
@@ -234,9 +242,17 @@ def summarize(rows):
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
-    ms = sorted(x["ms"] for x in rows)
-    med = ms[len(ms) // 2] if len(ms) % 2 else (ms[len(ms) // 2 - 1] + ms[len(ms) // 2]) / 2
-    return f1, p, r, med, len(rows)
+    med = median([x["ms"] for x in rows])
+    # Results saved before CPU time was recorded have none.
+    cpu = median([x["cpu_ms"] for x in rows]) if all("cpu_ms" in x for x in rows) else None
+    return f1, p, r, med, cpu, len(rows)
+
+
+def median(xs):
+    xs = sorted(xs)
+    if not xs:
+        return 0.0
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def main():
@@ -299,14 +315,16 @@ def main():
                 rows = run_peers(riskloc, method, cases, args.jobs, args.peer_timeout)
             with open(saved, "w") as f:
                 json.dump(rows, f, indent=0)
-            f1, p, r, med, n = summarize(rows)
-            table.append((label, NAMES[method], f1, p, r, med))
+            f1, p, r, med, cpu, n = summarize(rows)
+            table.append((label, NAMES[method], f1, p, r, med, cpu))
             log(f"  {NAMES[method]}: F1 {f1:.3f} P {p:.3f} R {r:.3f} median {med:.1f} ms")
 
-    lines = ["| setting | method | F1 | precision | recall | median ms/case |",
-             "|---|---|---|---|---|---|"]
-    for label, m, f1, p, r, med in table:
-        lines.append(f"| {label} | {m} | {f1:.3f} | {p:.3f} | {r:.3f} | {med:,.1f} |")
+    lines = ["| setting | method | F1 | precision | recall | median ms/case (wall) "
+             "| median CPU ms/case |",
+             "|---|---|---|---|---|---|---|"]
+    for label, m, f1, p, r, med, cpu in table:
+        cpu = "not recorded" if cpu is None else f"{cpu:,.1f}"
+        lines.append(f"| {label} | {m} | {f1:.3f} | {p:.3f} | {r:.3f} | {med:,.1f} | {cpu} |")
     text = "\n".join(lines)
     print(text)
     if out_table:
