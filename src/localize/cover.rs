@@ -21,7 +21,8 @@
 //!    at least `purity` of its non-neutral leaves lean the same way. Layers are
 //!    scanned from one dimension down to all of them; a chosen element closes its
 //!    leaves, so its descendants (redundant) are never reported and deeper layers only
-//!    look at elements holding leaves nothing explains yet. Each stops counting once it
+//!    look at elements holding leaves nothing explains yet, judged on those leaves
+//!    alone (a found cause's leaves are no evidence for an element overlapping it). Each stops counting once it
 //!    has seen enough other leaves to fail: the search prunes rather than enumerates.
 //! 3. **It must stand out of the noise.** Its `k` strongest leaves (`k` from
 //!    `purity x n` to all that lean) all beyond the `k`-th one's deviation `x` must be
@@ -33,7 +34,8 @@
 //!    leaves beyond `t` do not; bounded noise never reaches `0.9 t`, and then
 //!    whatever is beyond `t` is not noise.
 //! 4. **Pieces and candidates.** Found elements of one direction that share an
-//!    ancestor leaning their way on `merge_purity` of its leaves are pieces of it: the
+//!    ancestor leaning their way on `merge_purity` of its leaves (other found
+//!    elements' leaves left out) are pieces of it: the
 //!    ancestor becomes the cause, they become candidates. Then the causes are ordered
 //!    by their share of the absolute deviation; past `max_causes` or below
 //!    `min_share` they are candidates too.
