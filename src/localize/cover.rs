@@ -578,6 +578,7 @@ pub fn localize_grid_all(grid: &Grid, opts: &CoverOptions) -> Localized {
     let mut layer_closed: Vec<(usize, Vec<(usize, u32)>)> = Vec::new();
 
     let leaves = cls.iter().filter(|&&c| c != NEUTRAL).count();
+    let mut unexplained = leaves;
     // Every element of every cuboid is a test: noise should make `tail_false` false
     // causes in all of them together.
     let all_elements: usize = grid.sizes[..dims]
@@ -596,6 +597,10 @@ pub fn localize_grid_all(grid: &Grid, opts: &CoverOptions) -> Localized {
             // the noise on what is left.
             for (base, free) in layer_closed.drain(..) {
                 for_each_cell(base, &free, |i| {
+                    // Shares of the noise are over the leaves still unexplained.
+                    if !closed[i] && cls[i] != NEUTRAL {
+                        unexplained -= 1;
+                    }
                     closed[i] = true;
                     true
                 });
@@ -605,8 +610,8 @@ pub fn localize_grid_all(grid: &Grid, opts: &CoverOptions) -> Localized {
             if open.is_empty() {
                 break;
             }
-            tail = Tail::measure(grid, floor, t, &open, leaves, TAIL_MIN_LEAVES);
-            noise = Noise::measure(grid, floor, t, &open, leaves);
+            tail = Tail::measure(grid, floor, t, &open, unexplained, TAIL_MIN_LEAVES);
+            noise = Noise::measure(grid, floor, t, &open, unexplained);
             // A leaf within t is at least as common as the share at t (or one leaf),
             // so fewer than this many cannot stand out without leaves beyond t.
             let one = 1.0 / noise.leaves.max(1.0);
