@@ -629,6 +629,7 @@ impl IncidentManager {
             links: links(rule, &dims, end_ms, end_ms),
             prompt_version: None,
             candidates,
+            episode: Default::default(),
         };
         Open {
             told: std::iter::once(dims).collect(),
@@ -716,4 +717,52 @@ fn news(rule: &CompiledRule, o: &mut Open, end_ms: i64, volume_rule: bool) -> Ve
         }
     }
     news
+}
+
+impl IncidentManager {
+    /// Brings the episode's numbers (CONTRACT section 3: `began_at`, `current`, `peak`,
+    /// `impact`, `error_codes`) of the incidents in this step's `changes` up
+    /// to the step ending at `end_ms`, in the changes and in the incidents
+    /// kept. `counts(elements, steps)` gives the own counts of the last
+    /// `steps` steps (oldest first) of the cells within any of `elements`.
+    pub fn record_episode(
+        &mut self,
+        rule: &CompiledRule,
+        end_ms: i64,
+        changes: &mut [Change],
+        mut counts: impl FnMut(&[Element], usize) -> Vec<super::StepCounts>,
+    ) {
+        let volume = rule.rule.detector == crate::rules::Detector::VolumeDrop;
+        let shape = (rule.step_ms(), rule.rule.window.ms());
+        for ch in changes.iter_mut() {
+            let inc = match &mut ch.transition {
+                Transition::Opened(i) | Transition::Updated(i) | Transition::Resolved(i) => i,
+            };
+            let kept = self
+                .open
+                .iter_mut()
+                .chain(self.recent.iter_mut())
+                .find(|o| o.incident.id == inc.id);
+            let elements = match &kept {
+                Some(o) => o.elements.clone(),
+                None => Vec::new(),
+            };
+            let mut ep = kept
+                .as_ref()
+                .map_or_else(|| inc.episode.clone(), |o| o.incident.episode.clone());
+            if !ep.counted(end_ms) && !elements.is_empty() {
+                let steps = if ep.began_at.is_none() {
+                    rule.window_steps()
+                } else {
+                    1
+                };
+                let c = counts(&elements, steps);
+                ep.advance(end_ms, shape, &c, &inc.root_causes, volume);
+            }
+            if let Some(o) = kept {
+                o.incident.episode = ep.clone();
+            }
+            inc.episode = ep;
+        }
+    }
 }
