@@ -3,7 +3,8 @@
 //! and the labels, never from the engine.
 //!
 //! For each detected fault (its first matching incident, as [`super::score`]
-//! matches them) and the fault's expected element under the fault's rule:
+//! matches them) and the fault's expected elements under the fault's rule
+//! (all of them together, an event counted once, for a fault on several):
 //! - the true baseline is the element's failure rate (or events per step)
 //!   over the 30 minutes before the fault;
 //! - the true peak is the worst 2-minute window (15 s steps) inside the
@@ -93,7 +94,9 @@ struct Bucket {
 struct Series<'a> {
     label: &'a FaultLabel,
     rule: &'a CompiledRule,
-    dims: Vec<(Dim, String)>,
+    /// Every expected element of the fault: an event counts once when it
+    /// lies in any of them.
+    elements: Vec<Vec<(Dim, String)>>,
     from_ms: i64,
     buckets: Vec<Bucket>,
 }
@@ -104,9 +107,9 @@ impl Series<'_> {
             || e.ts_ms >= self.label.end.timestamp_millis()
             || !self.rule.matches(e)
             || !self
-                .dims
+                .elements
                 .iter()
-                .all(|(d, v)| d.value(e) == Some(v.as_str()))
+                .any(|dims| dims.iter().all(|(d, v)| d.value(e) == Some(v.as_str())))
         {
             return;
         }
@@ -164,18 +167,22 @@ where
             let rule = rules.get(&f.rule)?;
             // A cause named by its error code spans all traffic: its rate
             // is over every event, not over the code's own (all failures).
-            let dims = f
-                .dims
-                .iter()
-                .filter(|(k, _)| k.as_str() != "error_code")
-                .map(|(k, v)| Some((Dim::parse(k)?, v.clone())))
+            let elements = f
+                .expected()
+                .into_iter()
+                .map(|dims| {
+                    dims.iter()
+                        .filter(|(k, _)| k.as_str() != "error_code")
+                        .map(|(k, v)| Some((Dim::parse(k)?, v.clone())))
+                        .collect::<Option<Vec<_>>>()
+                })
                 .collect::<Option<Vec<_>>>()?;
             let from_ms = f.start.timestamp_millis() - BASELINE_MS;
             let len = ((f.end.timestamp_millis() - from_ms) / STEP_MS + 1) as usize;
             Some(Series {
                 label: f,
                 rule,
-                dims,
+                elements,
                 from_ms,
                 buckets: vec![Bucket::default(); len],
             })
