@@ -568,7 +568,9 @@ pub struct EngineSettings {
     /// window).
     pub dedupe_horizon: Dur,
     /// Most cells (dimension-value combinations) one rule keeps; past it, the
-    /// least recently seen are evicted.
+    /// least recently seen are evicted. Also bounds the entries of a rule's
+    /// history (cells with counts per step over its last six windows), which
+    /// an opening incident looks back on.
     pub max_cells_per_rule: usize,
     /// Capacity of the channel from ingest to the engine, in events. A full
     /// channel slows ingest down (backpressure) rather than dropping events.

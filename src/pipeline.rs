@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Engine, EngineOptions, EngineStats, ReloadSummary, Skip};
 use crate::event::{self, Event};
-use crate::incident::{Change, Incident, SummarySource, TimelineEntry, Transition};
+use crate::incident::{Change, Incident, SeriesPoint, SummarySource, TimelineEntry, Transition};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::rules::{CompiledRule, RuleSet};
@@ -702,7 +702,7 @@ async fn apply_late_summary(id: &str, summary: Summary, o: &Outputs) {
         ),
     };
     summary.apply(&mut incident);
-    if let Err(e) = o.store.upsert(&incident, &[entry], None).await {
+    if let Err(e) = o.store.upsert(&incident, &[entry], &[]).await {
         tracing::error!(incident_id = %id, error = %e, "storing the late summary failed");
         return;
     }
@@ -743,6 +743,7 @@ async fn handle_change(
         notify,
         mut timeline,
         point,
+        before,
     } = change;
     // On a cluster, an incident re-derived after a takeover keeps the id it
     // was posted with, and a change another detector term already notified
@@ -854,7 +855,8 @@ async fn handle_change(
         });
     }
     let started = std::time::Instant::now();
-    if let Err(e) = o.store.upsert(&incident, &timeline, point).await {
+    let points: Vec<SeriesPoint> = before.into_iter().chain(point).collect();
+    if let Err(e) = o.store.upsert(&incident, &timeline, &points).await {
         tracing::error!(error = %e, "storing the incident failed");
     }
     o.metrics.store_write(started.elapsed());
@@ -957,6 +959,7 @@ mod tests {
             notify: true,
             timeline: Vec::new(),
             point: None,
+            before: Vec::new(),
         })
         .await
         .unwrap();

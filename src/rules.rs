@@ -558,6 +558,10 @@ impl CellDims {
     }
 }
 
+/// Windows of history an opening incident looks back on
+/// ([`CompiledRule::history_steps`]).
+pub const HISTORY_WINDOWS: usize = 6;
+
 impl CompiledRule {
     /// Localization limits for this rule's cell dimensions: which are derived
     /// (a BIN prefix beside the BIN), and which name no element by their
@@ -591,6 +595,12 @@ impl CompiledRule {
     /// Number of steps in the window.
     pub fn window_steps(&self) -> usize {
         (self.rule.window.ms() / self.rule.step.ms()) as usize
+    }
+    /// Steps of history an incident looks back on when it opens: to find
+    /// when its failures began (a slow rise passes the test minutes after it
+    /// left normal) and to draw a window of traffic before that.
+    pub fn history_steps(&self) -> usize {
+        HISTORY_WINDOWS * self.window_steps().max(1)
     }
     /// Whether the event counts for this rule.
     pub fn matches(&self, e: &Event) -> bool {

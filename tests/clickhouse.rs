@@ -208,7 +208,7 @@ fn schema_is_created_once_and_migrates_forward_idempotently() {
     let mut piece = inc.root_causes[0].clone();
     piece.dims.insert("bin".into(), "411111".into());
     inc.candidates = vec![piece];
-    rt.block_on(dyn_v1.upsert(&inc, &[], None)).unwrap();
+    rt.block_on(dyn_v1.upsert(&inc, &[], &[])).unwrap();
     assert!(rt.block_on(v1.flush(Duration::from_secs(30))));
     rt.block_on(v1.shutdown(Duration::from_secs(5)));
     drop((v1, dyn_v1));
@@ -542,7 +542,7 @@ fn clickhouse_down_mid_run_loses_nothing_within_the_bound_and_counts_the_rest() 
     for i in 0..300 {
         tap.events(&[event(i, now + i as i64)], false);
     }
-    rt.block_on(dyn_store.upsert(&incident("inc_1", now, "stripe"), &[], None))
+    rt.block_on(dyn_store.upsert(&incident("inc_1", now, "stripe"), &[], &[]))
         .unwrap();
     assert!(rt.block_on(store.flush(Duration::from_secs(30))));
     assert_eq!(count(&ch, "SELECT count() FROM fl_faults.events"), 300);
@@ -569,7 +569,7 @@ fn clickhouse_down_mid_run_loses_nothing_within_the_bound_and_counts_the_rest() 
     };
     let mut inc = incident("inc_1", now, "stripe");
     inc.title = "updated while down".into();
-    rt.block_on(dyn_store.upsert(&inc, &[entry], Some(point)))
+    rt.block_on(dyn_store.upsert(&inc, &[entry], &[point]))
         .unwrap();
     let page = rt
         .block_on(dyn_store.list(&IncidentQuery::default()))

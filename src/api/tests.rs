@@ -130,7 +130,7 @@ async fn open_routes_need_no_token() {
 async fn protected_routes_check_token_and_scope() {
     let mut a = app();
     a.store
-        .upsert(&incident("inc_1", T0), &[], None)
+        .upsert(&incident("inc_1", T0), &[], &[])
         .await
         .unwrap();
     let routes: [(Method, &str, &str, &str); 3] = [
@@ -348,7 +348,7 @@ async fn get_incident_with_history_or_404() {
         value: 0.404,
         baseline: 0.0051,
     };
-    a.store.upsert(&inc, &[entry], Some(point)).await.unwrap();
+    a.store.upsert(&inc, &[entry], &[point]).await.unwrap();
     let r = call(
         &a.router,
         Method::GET,
@@ -384,10 +384,10 @@ async fn list_filters_and_rejects_bad_parameters() {
         .dims
         .insert("provider".into(), "adyen".into());
     a.store
-        .upsert(&incident("inc_1", T0), &[], None)
+        .upsert(&incident("inc_1", T0), &[], &[])
         .await
         .unwrap();
-    a.store.upsert(&other, &[], None).await.unwrap();
+    a.store.upsert(&other, &[], &[]).await.unwrap();
 
     let ids = |v: &Value| -> Vec<String> {
         v["incidents"]
@@ -457,7 +457,7 @@ async fn pagination_survives_inserts_without_duplicates() {
             .upsert(
                 &incident(&format!("inc_{i}"), T0 + (i / 3) * 1000),
                 &[],
-                None,
+                &[],
             )
             .await
             .unwrap();
@@ -476,7 +476,7 @@ async fn pagination_survives_inserts_without_duplicates() {
             .upsert(
                 &incident(&format!("new_{round}"), T0 + 60_000 + round),
                 &[],
-                None,
+                &[],
             )
             .await
             .unwrap();
@@ -610,7 +610,7 @@ async fn openapi_describes_every_route() {
 async fn ack_and_resolve_are_idempotent_and_audited() {
     let a = app();
     a.store
-        .upsert(&incident("inc_1", T0), &[], None)
+        .upsert(&incident("inc_1", T0), &[], &[])
         .await
         .unwrap();
     for (uri, bad) in [
@@ -782,11 +782,11 @@ async fn pages_are_public_shells_that_escape_the_path() {
 async fn metrics_count_incidents_by_status() {
     let a = app();
     a.store
-        .upsert(&incident("inc_1", T0), &[], None)
+        .upsert(&incident("inc_1", T0), &[], &[])
         .await
         .unwrap();
     a.store
-        .upsert(&incident("inc_2", T0 + 1), &[], None)
+        .upsert(&incident("inc_2", T0 + 1), &[], &[])
         .await
         .unwrap();
     a.store

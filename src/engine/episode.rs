@@ -9,10 +9,12 @@ use crate::localize::{Element, Leaf};
 use crate::window::Interner;
 
 /// The own counts of the `steps` steps ending with step `s` (oldest first)
-/// of the cells within any of `elements`. A cell's expectation is its
-/// window's (the leaf's rate, or its expected events spread evenly over the
-/// window's steps); `share` is the usual share of each error code among
-/// failures, by which a code's expected failures are the step's.
+/// of the cells within any of `elements`, from the rule's history (steps it
+/// no longer holds count nothing). A cell's expectation is its leaf's rate
+/// now, or for a cell with nothing in the window the elements' rate
+/// together; volume rules expect the elements' window's expected events
+/// spread evenly over its steps. `share` is the usual share of each error
+/// code among failures, by which a code's expected failures are the step's.
 pub(super) fn step_counts(
     rs: &RuleState,
     leaves: &[Leaf],
@@ -25,42 +27,48 @@ pub(super) fn step_counts(
     let nb = rs.cells.window_steps.max(1) as f64;
     let within = |key: &crate::window::Key| elements.iter().any(|e| e.contains(key));
     let first = s - steps as i64 + 1;
-    let mut out = vec![StepCounts::default(); steps];
+    let mut rate: FxHashMap<&crate::window::Key, f64> = FxHashMap::default();
+    let (mut predict, mut attempts) = (0.0, 0.0);
     for l in leaves.iter().filter(|l| within(&l.key)) {
-        let Some(cell) = rs.cells.get(&l.key) else {
-            continue;
-        };
-        let rate = if l.volume > 0.0 {
-            l.predict / l.volume
-        } else {
-            0.0
-        };
-        for (i, o) in out.iter_mut().enumerate() {
-            let b = cell.bucket(first + i as i64);
-            o.events += u64::from(b.n);
-            if volume {
-                o.expected += l.predict / nb;
-            } else {
-                o.failures += u64::from(b.f);
-                o.expected += f64::from(b.n) * rate;
+        predict += l.predict;
+        attempts += l.volume;
+        if l.volume > 0.0 {
+            rate.insert(&l.key, l.predict / l.volume);
+        }
+    }
+    let overall = if attempts > 0.0 {
+        predict / attempts
+    } else {
+        0.0
+    };
+    let mut out = vec![StepCounts::default(); steps];
+    for (i, o) in out.iter_mut().enumerate() {
+        for (key, b) in rs.history.step(first + i as i64) {
+            if !within(key) {
+                continue;
             }
+            o.events += u64::from(b.n);
+            if !volume {
+                o.failures += u64::from(b.f);
+                o.expected += f64::from(b.n) * rate.get(key).copied().unwrap_or(overall);
+            }
+        }
+        if volume {
+            o.expected = predict / nb;
         }
     }
     if volume || !rs.rule.cells.code {
         return out;
     }
     let slot = rs.rule.cells.search;
-    let mut by_code: Vec<FxHashMap<u32, u64>> = vec![FxHashMap::default(); steps];
-    for (key, cell) in rs.codes.iter().filter(|(k, _)| within(k)) {
-        for (i, m) in by_code.iter_mut().enumerate() {
-            let f = cell.bucket(first + i as i64).f;
-            if f > 0 {
-                *m.entry(key[slot]).or_default() += u64::from(f);
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut by_code: FxHashMap<u32, u64> = FxHashMap::default();
+        for (key, b) in rs.code_history.step(first + i as i64) {
+            if b.f > 0 && within(key) {
+                *by_code.entry(key[slot]).or_default() += u64::from(b.f);
             }
         }
-    }
-    for (o, m) in out.iter_mut().zip(by_code) {
-        let mut codes: Vec<(String, u64, f64)> = m
+        let mut codes: Vec<(String, u64, f64)> = by_code
             .into_iter()
             .map(|(c, f)| {
                 let expected = o.expected * share.get(&c).copied().unwrap_or(0.0);

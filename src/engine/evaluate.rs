@@ -269,9 +269,14 @@ pub(super) fn evaluate(
     let causes: Vec<Finding> = loc.causes.iter().map(to_finding).collect();
     let candidates: Vec<Finding> = loc.candidates.iter().map(to_finding).collect();
 
-    // 3. Incidents.
+    // 3. Incidents, on the step's counts kept in the history beside the
+    // earlier steps' (final: the step is behind the watermark now).
     let end_ms = (s + 1) * rs.step_ms;
     if warm {
+        rs.history.record(&rs.cells, s);
+        if rs.rule.cells.code {
+            rs.code_history.record(&rs.codes, s);
+        }
         let criteria = rs.criteria;
         let threshold = loc
             .threshold

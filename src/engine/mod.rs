@@ -40,6 +40,9 @@ pub struct EngineOptions {
     /// How long an event id is remembered for dedupe (at least the longest window).
     pub dedupe_horizon_ms: i64,
     /// Cells kept per rule at most; past it the idlest are evicted first.
+    /// Also bounds the entries of a rule's history (the cells with counts
+    /// in each of its last evaluated steps), past which it looks back less
+    /// far.
     pub max_cells_per_rule: usize,
 }
 
@@ -165,7 +168,7 @@ impl Engine {
                 .rules
                 .iter()
                 .cloned()
-                .map(|r| RuleState::new(r, opts.lateness_ms))
+                .map(|r| RuleState::new(r, opts.lateness_ms, opts.max_cells_per_rule))
                 .collect(),
             interner: Interner::default(),
             dedupe: Dedupe::new(opts.dedupe_horizon_ms.max(longest + opts.lateness_ms)),
@@ -388,11 +391,11 @@ impl Engine {
                         "rule changed: what it counts changed, so it restarted from scratch",
                     ));
                     summary.restarted.push(name.clone());
-                    RuleState::new(new.clone(), self.lateness_ms)
+                    RuleState::new(new.clone(), self.lateness_ms, self.max_cells)
                 }
                 None => {
                     summary.added.push(name.clone());
-                    RuleState::new(new.clone(), self.lateness_ms)
+                    RuleState::new(new.clone(), self.lateness_ms, self.max_cells)
                 }
             };
             self.rules.push(state);

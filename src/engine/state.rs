@@ -25,7 +25,7 @@ use crate::detect::season::{Profile, Season};
 use crate::detect::{Criteria, Decay, Direction, Ewma};
 use crate::incident::IncidentManager;
 use crate::rules::{CompiledRule, Detector};
-use crate::window::{Cells, Key, NONE_ID};
+use crate::window::{Cells, History, Key, NONE_ID};
 
 /// What a rule learns per combination of its own dimensions.
 #[derive(Debug, Clone, Default)]
@@ -125,6 +125,10 @@ pub(super) struct RuleState {
     pub cells: Cells,
     /// Failures per cell and error code (rate rules explaining with codes).
     pub codes: Cells,
+    /// The evaluated steps of `cells` and `codes`, further back than their
+    /// rings, for an opening incident's episode.
+    pub history: History,
+    pub code_history: History,
     /// What the rule learned per combination of its own dimensions.
     pub bases: FxHashMap<Key, Base>,
     /// What it learned per value of the attributes it explains with.
@@ -157,13 +161,18 @@ pub(super) struct RuleState {
 }
 
 impl RuleState {
-    pub fn new(rule: CompiledRule, lateness_ms: i64) -> RuleState {
+    /// `history_cap` bounds the entries of each history (cells with counts
+    /// in a step, over its steps).
+    pub fn new(rule: CompiledRule, lateness_ms: i64, history_cap: usize) -> RuleState {
         let step_ms = rule.step_ms();
+        let history_steps = rule.history_steps();
         let lookahead = (lateness_ms / step_ms) as usize + 2;
         let criteria = criteria_of(&rule);
         RuleState {
             cells: Cells::new(rule.window_steps(), lookahead),
             codes: Cells::new(rule.window_steps(), lookahead),
+            history: History::new(history_steps, history_cap),
+            code_history: History::new(history_steps, history_cap),
             bases: FxHashMap::default(),
             factors: Factors::new(rule.cells.base, rule.cells.search),
             code_base: FxHashMap::default(),

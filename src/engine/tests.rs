@@ -588,3 +588,39 @@ fn a_fading_outage_keeps_its_root_causes() {
     assert_eq!(last.status, Status::Resolved);
     assert!(seen >= 2);
 }
+
+/// A slow rise passes the test minutes after it left normal: the incident
+/// looks back past its window for when it began, and its opening carries the
+/// series from a window before that.
+#[test]
+fn a_slow_rise_began_before_its_window_and_opens_with_a_before() {
+    let start = 40 * 60_000;
+    // p0 in r0: from 1 % to 3.5 %, held: too little to pass the test at once.
+    let changes = run(56, |ms, p, r, _| {
+        (p == 0 && r == 0 && ms >= start).then_some(0.035)
+    });
+    let open = changes
+        .iter()
+        .find(|c| matches!(c.transition, Transition::Opened(_)))
+        .expect("the rise opens an incident");
+    let inc = open.transition.incident();
+    let began = inc.episode.began_at.expect("began_at").timestamp_millis();
+    let opened = inc.opened_at.timestamp_millis();
+    eprintln!(
+        "began {} s after the start, opened {} s after",
+        (began - start) / 1000,
+        (opened - start) / 1000
+    );
+    // Further back than the 2-minute window the test passed on, and not
+    // before the rise.
+    assert!(opened - began > 2 * 60_000, "{began} {opened}");
+    assert!(began >= start - 30_000 && began - start <= 150_000);
+    // The before: from a window before it began, in order, up to the opening.
+    let first = open.before.first().expect("points before the opening");
+    assert!(first.at.timestamp_millis() <= began - 2 * 60_000);
+    assert!(open.before.windows(2).all(|w| w[0].at < w[1].at));
+    assert!(open.before.last().unwrap().at < inc.opened_at);
+    // Normal at first, failing by the opening.
+    assert!(first.value < 0.05, "{}", first.value);
+    assert!(open.point.unwrap().value > 0.02);
+}

@@ -4,8 +4,8 @@
 //! They are worked out from the counts the engine already keeps: each step
 //! the engine hands over the step's own counts of the incident's root-cause
 //! elements ([`StepCounts`]); when an incident is first told of, the counts
-//! of every step of its window, from which [`began`] finds the step the
-//! failures started to exceed the baseline. `current` and `peak` are windows
+//! of every step of its rule's history (several windows), from which
+//! [`began`] finds the step the failures started to exceed the baseline. `current` and `peak` are windows
 //! of the root causes' evidence; `impact` sums the steps from `began_at` on.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{ts, RootCause, TimeRange};
+use super::{ts, RootCause, SeriesPoint, TimeRange};
+use crate::detect::{directed_llr, Direction};
 
 /// One window's numbers of the incident's root causes together. Rate rules
 /// carry failure fields, volume rules `expected_events` and `share`.
@@ -135,38 +136,95 @@ pub struct StepCounts {
     pub codes: Vec<(String, u64, f64)>,
 }
 
-impl StepCounts {
-    /// Failures beyond the baseline (rate rules) or events missing (volume rules).
-    fn excess(&self, volume: bool) -> f64 {
-        if volume {
-            self.expected - self.events as f64
-        } else {
-            self.failures as f64 - self.expected
-        }
-    }
-}
-
 /// Most error codes an incident lists.
 const MAX_CODES: usize = 5;
 /// Least share of the excess a code must hold to be listed.
 const MIN_CODE_SHARE: f64 = 0.02;
 
 /// Index in `steps` (oldest first) of the step the episode began with: the
-/// start of the suffix whose excess beyond noise is largest. Each step is
-/// charged about two standard deviations of its expectation (Poisson), so
-/// steps of normal traffic lower a suffix's sum and steps of the outage
-/// raise it; a cumulative-sum change point. The newest step when no step
-/// stands out.
+/// start of the suffix whose counts are least likely under the baseline
+/// (the largest Poisson log-likelihood ratio of its failures against their
+/// expectation, above it; volume rules: its events, below). Steps of normal
+/// traffic dilute a suffix and lower its ratio, steps of the outage raise
+/// it, so the maximum sits where the failures left normal, however small
+/// the lift per step (a per-step margin would hide a slow one). The newest
+/// step when no suffix stands out.
 pub fn began(steps: &[StepCounts], volume: bool) -> usize {
-    let mut best = (f64::MIN, steps.len().saturating_sub(1));
-    let mut sum = 0.0;
+    let direction = if volume {
+        Direction::Down
+    } else {
+        Direction::Up
+    };
+    let mut best = (0.0, steps.len().saturating_sub(1));
+    let (mut seen, mut expected) = (0.0, 0.0);
     for (i, s) in steps.iter().enumerate().rev() {
-        sum += s.excess(volume) - (2.0 * s.expected.max(0.0).sqrt() + 1.0);
-        if sum > best.0 {
-            best = (sum, i);
+        seen += if volume {
+            s.events as f64
+        } else {
+            s.failures as f64
+        };
+        expected += s.expected.max(0.0);
+        let llr = directed_llr(seen, expected, direction);
+        if llr > best.0 {
+            best = (llr, i);
         }
     }
     best.1
+}
+
+/// Series points (window sums) of the steps before the last of `steps`
+/// (oldest first, the last ending at `end_ms`), from a window before the
+/// episode began at `began_ms` (or as far back as the steps allow), for a
+/// chart's "before". Leading windows with no events (before anything was
+/// recorded) are left out.
+pub fn before(
+    steps: &[StepCounts],
+    end_ms: i64,
+    (step_ms, window_steps): (i64, usize),
+    began_ms: i64,
+    volume: bool,
+) -> Vec<SeriesPoint> {
+    let (len, nb) = (steps.len(), window_steps.max(1));
+    if len < nb + 1 || step_ms <= 0 {
+        return Vec::new();
+    }
+    let back = usize::try_from((end_ms - began_ms) / step_ms).unwrap_or(0);
+    let began = len.saturating_sub(back);
+    // The window ending where it began is all before; one window more.
+    let from = began.saturating_sub(nb + 1).max(nb - 1);
+    let mut out: Vec<SeriesPoint> = Vec::new();
+    for t in from..len - 1 {
+        let w = &steps[t + 1 - nb..=t];
+        let events: u64 = w.iter().map(|s| s.events).sum();
+        if events == 0 && out.is_empty() {
+            continue;
+        }
+        let failures: u64 = w.iter().map(|s| s.failures).sum();
+        let expected: f64 = w.iter().map(|s| s.expected).sum();
+        let rate = |x: f64| ratio(x, events);
+        let (value, baseline) = if volume {
+            (events as f64, round(expected, 1))
+        } else {
+            (rate(failures as f64), rate(expected))
+        };
+        out.push(SeriesPoint {
+            at: ts(end_ms - (len - 1 - t) as i64 * step_ms),
+            events,
+            failures,
+            value,
+            baseline,
+        });
+    }
+    out
+}
+
+/// `x` per event, to four digits (0 without events).
+fn ratio(x: f64, events: u64) -> f64 {
+    if events > 0 {
+        round(x / events as f64, 4)
+    } else {
+        0.0
+    }
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -198,13 +256,7 @@ pub fn reading(root_causes: &[RootCause], window: TimeRange, volume: bool) -> Re
     }
     let failures: u64 = root_causes.iter().map(|r| r.failures).sum();
     let expected: f64 = root_causes.iter().map(|r| r.expected_failures).sum();
-    let rate = |x: f64| {
-        if events > 0 {
-            round(x / events as f64, 4)
-        } else {
-            0.0
-        }
-    };
+    let rate = |x: f64| ratio(x, events);
     Reading {
         window,
         events,
@@ -338,6 +390,18 @@ mod tests {
             .map(|n| step(*n, 0, 100.0))
             .collect();
         assert_eq!(began(&vol, true), 2);
+        // A small lift, below two standard deviations a step, held: it
+        // began where it began, not where it became obvious.
+        let mut lift: Vec<StepCounts> = [2, 1, 3, 2, 2, 3, 1, 2, 2, 2]
+            .iter()
+            .map(|f| step(200, *f, 2.0))
+            .collect();
+        lift.extend(
+            [4, 5, 3, 4, 5, 4, 3, 5, 4, 4]
+                .iter()
+                .map(|f| step(200, *f, 2.0)),
+        );
+        assert_eq!(began(&lift, false), 10);
         // Nothing stands out: the newest step.
         let calm: Vec<StepCounts> = (0..5).map(|_| step(400, 4, 4.0)).collect();
         assert_eq!(began(&calm, false), 4);
@@ -409,5 +473,33 @@ mod tests {
         assert_eq!(f.error_codes[0].code, "issuer_unavailable");
         assert_eq!(f.error_codes[0].failures, 90);
         assert!(f.error_codes[0].share > 0.9);
+    }
+
+    #[test]
+    fn the_before_starts_a_window_before_the_episode() {
+        // 12 steps of 15 s, a window of 4: normal for 8, failing from step 8.
+        let mut steps: Vec<StepCounts> = (0..8).map(|_| step(100, 1, 1.0)).collect();
+        steps.extend((0..4).map(|_| step(100, 50, 1.0)));
+        let end = 12 * 15_000;
+        let began = 8 * 15_000;
+        let pts = before(&steps, end, (15_000, 4), began, false);
+        // From the window ending a window before it began (step 3) up to the
+        // step before the last (its point comes with the change).
+        assert_eq!(pts.first().unwrap().at, ts(4 * 15_000));
+        assert_eq!(pts.last().unwrap().at, ts(11 * 15_000));
+        assert_eq!(pts.len(), 8);
+        assert_eq!(pts[0].value, 0.01);
+        assert_eq!(pts[0].baseline, 0.01);
+        assert_eq!(pts[0].at, ts(began - 4 * 15_000));
+        assert_eq!(pts.last().unwrap().failures, 1 + 3 * 50);
+        // Nothing recorded early on: those windows are left out.
+        let mut sparse = steps.clone();
+        for s in sparse.iter_mut().take(6) {
+            *s = StepCounts::default();
+        }
+        let pts = before(&sparse, end, (15_000, 4), began, false);
+        assert_eq!(pts.first().unwrap().at, ts(7 * 15_000));
+        // Too few steps for one window: nothing.
+        assert!(before(&steps[..4], end, (15_000, 4), began, false).is_empty());
     }
 }

@@ -56,6 +56,10 @@ pub struct Change {
     pub timeline: Vec<TimelineEntry>,
     /// This step's series point.
     pub point: Option<SeriesPoint>,
+    /// Series points of the steps before, from a window before the episode
+    /// began up to this step, oldest first (only when the incident opens:
+    /// the "before" its chart compares with).
+    pub before: Vec<SeriesPoint>,
 }
 
 /// A localized element with its evidence, as the engine hands it over.
@@ -456,6 +460,7 @@ impl IncidentManager {
                     notify: true,
                     timeline: vec![entry(end_ms, "reopened", detail)],
                     point: Some(point(end_ms, &c.cause, volume_rule)),
+                    before: Vec::new(),
                 });
                 self.open.push(o);
             } else if let Some(j) = self
@@ -528,6 +533,7 @@ impl IncidentManager {
                         format!("anomalous for {} steps", rule.rule.open_after),
                     )],
                     point: Some(p),
+                    before: Vec::new(),
                 });
                 still_open.push(o);
                 continue;
@@ -561,6 +567,7 @@ impl IncidentManager {
                         Vec::new()
                     },
                     point: Some(p),
+                    before: Vec::new(),
                 });
                 still_open.push(o);
             } else {
@@ -582,6 +589,7 @@ impl IncidentManager {
                         notify: true,
                         timeline: vec![entry(end_ms, "resolved", detail)],
                         point: Some(p),
+                        before: Vec::new(),
                     });
                     o.resolved_ms = end_ms;
                     if reopen_ms > 0 {
@@ -593,6 +601,7 @@ impl IncidentManager {
                         notify: false,
                         timeline: Vec::new(),
                         point: Some(p),
+                        before: Vec::new(),
                     });
                     still_open.push(o);
                 }
@@ -658,6 +667,7 @@ impl IncidentManager {
                     notify: true,
                     timeline: vec![entry(end_ms, "resolved", why.to_string())],
                     point: None,
+                    before: Vec::new(),
                 }
             })
             .collect()
@@ -751,13 +761,27 @@ impl IncidentManager {
                 .as_ref()
                 .map_or_else(|| inc.episode.clone(), |o| o.incident.episode.clone());
             if !ep.counted(end_ms) && !elements.is_empty() {
-                let steps = if ep.began_at.is_none() {
-                    rule.window_steps()
-                } else {
-                    1
-                };
+                let opening = ep.began_at.is_none();
+                let steps = if opening { rule.history_steps() } else { 1 };
                 let c = counts(&elements, steps);
                 ep.advance(end_ms, shape, &c, &inc.root_causes, volume);
+                if opening {
+                    // The chart's "before": the first root cause's, as its
+                    // later points are.
+                    let first = if elements.len() > 1 {
+                        counts(&elements[..1], steps)
+                    } else {
+                        c
+                    };
+                    let began_ms = ep.began_at.map_or(end_ms, |b| b.timestamp_millis());
+                    ch.before = super::episode::before(
+                        &first,
+                        end_ms,
+                        (rule.step_ms(), rule.window_steps()),
+                        began_ms,
+                        volume,
+                    );
+                }
             }
             if let Some(o) = kept {
                 o.incident.episode = ep.clone();

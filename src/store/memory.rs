@@ -113,7 +113,7 @@ impl MemoryStore {
         let mut inner = self.lock();
         let id = record.incident.id.clone();
         inner.human.remove(&id);
-        inner.upsert(&self.limits, &record.incident, &[], None);
+        inner.upsert(&self.limits, &record.incident, &[], &[]);
         if let Some(rec) = inner.records.get_mut(&id) {
             rec.timeline = record.timeline;
             rec.series = record.series;
@@ -146,7 +146,7 @@ impl Inner {
         limits: &MemoryLimits,
         incident: &Incident,
         timeline: &[TimelineEntry],
-        point: Option<SeriesPoint>,
+        points: &[SeriesPoint],
     ) {
         let mut incident = incident.clone();
         if let Some(old) = self.records.get(&incident.id) {
@@ -185,8 +185,8 @@ impl Inner {
             let excess = rec.timeline.len() - max_tl;
             rec.timeline.drain(1..1 + excess);
         }
-        if let Some(p) = point {
-            rec.series.push(p);
+        if !points.is_empty() {
+            rec.series.extend_from_slice(points);
             let max_points = limits.max_series_points.max(1);
             if rec.series.len() > max_points {
                 let excess = rec.series.len() - max_points;
@@ -244,7 +244,7 @@ impl Inner {
         // The human mark goes in after the upsert: upsert keeps a mark already
         // there, and this change is the person's own.
         self.human.remove(id);
-        self.upsert(limits, &inc, &[entry], None);
+        self.upsert(limits, &inc, &[entry], &[]);
         if self.records.contains_key(id) {
             self.human.insert(id.to_string(), status);
         }
@@ -314,9 +314,9 @@ impl Store for MemoryStore {
         &self,
         incident: &Incident,
         timeline: &[TimelineEntry],
-        point: Option<SeriesPoint>,
+        points: &[SeriesPoint],
     ) -> Result<(), StoreError> {
-        self.lock().upsert(&self.limits, incident, timeline, point);
+        self.lock().upsert(&self.limits, incident, timeline, points);
         Ok(())
     }
 
@@ -330,7 +330,7 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         let incident = rec.incident.clone();
-        inner.upsert(&self.limits, &incident, entries, None);
+        inner.upsert(&self.limits, &incident, entries, &[]);
         Ok(true)
     }
 
@@ -475,14 +475,14 @@ mod tests {
     async fn upsert_replaces_and_appends() {
         let s = MemoryStore::default();
         let mut inc = incident("inc_1", T0);
-        s.upsert(&inc, &[entry("opened", T0)], Some(point(T0)))
+        s.upsert(&inc, &[entry("opened", T0)], &[point(T0)])
             .await
             .unwrap();
         inc.title = "newer".into();
         s.upsert(
             &inc,
             &[entry("updated", T0 + 15_000)],
-            Some(point(T0 + 15_000)),
+            &[point(T0 + 15_000)],
         )
         .await
         .unwrap();
@@ -514,7 +514,7 @@ mod tests {
                     .dims
                     .insert("provider".into(), "adyen".into());
             }
-            s.upsert(&inc, &[], None).await.unwrap();
+            s.upsert(&inc, &[], &[]).await.unwrap();
         }
         let list = |f: fn(&mut IncidentQuery)| {
             let mut q = IncidentQuery::default();
@@ -550,7 +550,7 @@ mod tests {
         for i in 0..7 {
             // Two share an opening time: ties are ordered by id.
             let at = T0 + (i / 2) * 1000;
-            s.upsert(&incident(&format!("inc_{i}"), at), &[], None)
+            s.upsert(&incident(&format!("inc_{i}"), at), &[], &[])
                 .await
                 .unwrap();
         }
@@ -570,7 +570,7 @@ mod tests {
             s.upsert(
                 &incident(&format!("inc_{newer}"), T0 + newer * 1000),
                 &[],
-                None,
+                &[],
             )
             .await
             .unwrap();
@@ -588,7 +588,7 @@ mod tests {
     async fn people_ack_and_resolve_and_the_engine_keeps_their_word() {
         let s = MemoryStore::default();
         let mut inc = incident("inc_1", T0);
-        s.upsert(&inc, &[entry("opened", T0)], None).await.unwrap();
+        s.upsert(&inc, &[entry("opened", T0)], &[]).await.unwrap();
         let now = ts(T0 + 60_000);
         assert!(s
             .act("nope", Action::Acknowledge, "alice", now)
@@ -611,7 +611,7 @@ mod tests {
         assert_eq!(again, rec);
         // The engine's routine update says `open`: it stays acknowledged.
         inc.updated_at = ts(T0 + 15_000);
-        s.upsert(&inc, &[], Some(point(T0 + 15_000))).await.unwrap();
+        s.upsert(&inc, &[], &[point(T0 + 15_000)]).await.unwrap();
         let rec = s.get("inc_1").await.unwrap().unwrap();
         assert_eq!(rec.incident.status, Status::Acknowledged);
         assert_eq!(rec.incident.updated_at, ts(T0 + 15_000));
@@ -625,7 +625,7 @@ mod tests {
             .unwrap();
         assert_eq!(rec.incident.status, Status::Resolved);
         assert_eq!(rec.incident.resolved_at, Some(now));
-        s.upsert(&inc, &[], Some(point(T0 + 30_000))).await.unwrap();
+        s.upsert(&inc, &[], &[point(T0 + 30_000)]).await.unwrap();
         let rec = s.get("inc_1").await.unwrap().unwrap();
         assert_eq!(rec.incident.status, Status::Resolved);
         assert_eq!(rec.incident.resolved_at, Some(now));
@@ -662,13 +662,13 @@ mod tests {
     async fn the_engine_resolving_an_acknowledged_incident_resolves_it() {
         let s = MemoryStore::default();
         let mut inc = incident("inc_1", T0);
-        s.upsert(&inc, &[], None).await.unwrap();
+        s.upsert(&inc, &[], &[]).await.unwrap();
         s.act("inc_1", Action::Acknowledge, "alice", ts(T0))
             .await
             .unwrap();
         inc.status = Status::Resolved;
         inc.resolved_at = Some(ts(T0 + 90_000));
-        s.upsert(&inc, &[entry("resolved", T0 + 90_000)], None)
+        s.upsert(&inc, &[entry("resolved", T0 + 90_000)], &[])
             .await
             .unwrap();
         let rec = s.get("inc_1").await.unwrap().unwrap();
@@ -726,13 +726,9 @@ mod tests {
         });
         let mut open = incident("open", T0);
         for i in 0..10 {
-            s.upsert(
-                &open,
-                &[entry(&format!("e{i}"), T0 + i)],
-                Some(point(T0 + i)),
-            )
-            .await
-            .unwrap();
+            s.upsert(&open, &[entry(&format!("e{i}"), T0 + i)], &[point(T0 + i)])
+                .await
+                .unwrap();
         }
         let rec = s.get("open").await.unwrap().unwrap();
         let whats: Vec<_> = rec.timeline.iter().map(|e| e.what.as_str()).collect();
@@ -744,7 +740,7 @@ mod tests {
             let mut inc = incident(&format!("r{i}"), T0 + i);
             inc.status = Status::Resolved;
             inc.resolved_at = Some(ts(T0 + 1000 + i));
-            s.upsert(&inc, &[], None).await.unwrap();
+            s.upsert(&inc, &[], &[]).await.unwrap();
         }
         // The open one stays; the two resolved longest ago are gone.
         assert_eq!(s.len(), 3);
@@ -757,7 +753,7 @@ mod tests {
         // Resolving the open one evicts the oldest resolved.
         open.status = Status::Resolved;
         open.resolved_at = Some(ts(T0 + 5000));
-        s.upsert(&open, &[], None).await.unwrap();
+        s.upsert(&open, &[], &[]).await.unwrap();
         assert_eq!(s.len(), 2);
         assert!(s.get("r2").await.unwrap().is_none());
     }

@@ -98,12 +98,13 @@ pub struct StatusCounts {
 /// Incident storage.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Inserts or replaces an incident, appending timeline entries and a series point.
+    /// Inserts or replaces an incident, appending timeline entries and
+    /// series points (oldest first).
     async fn upsert(
         &self,
         incident: &Incident,
         timeline: &[TimelineEntry],
-        point: Option<SeriesPoint>,
+        points: &[SeriesPoint],
     ) -> Result<(), StoreError>;
     /// Appends timeline entries (a Slack post, a late summary) to an incident
     /// without changing it; false when there is no such incident.

@@ -417,6 +417,70 @@ impl Cells {
     }
 }
 
+/// The final buckets of the last evaluated steps, per cell with counts in
+/// them: what an incident looks back on to find when its failures began and
+/// to draw the traffic before it, further back than the rings reach. A step
+/// is recorded once evaluated (no event reaches it after that, see
+/// [`CellMut::window_at`]). Bounded twice: at most `len` steps, and at most
+/// `cap` entries, past which the oldest steps go first (the look-back
+/// shortens, the newest step is always kept).
+#[derive(Debug)]
+pub struct History {
+    steps: std::collections::VecDeque<(i64, Vec<(Key, Bucket)>)>,
+    len: usize,
+    cap: usize,
+    entries: usize,
+}
+
+impl History {
+    /// Room for `len` steps and `cap` entries in all.
+    pub fn new(len: usize, cap: usize) -> History {
+        History {
+            steps: std::collections::VecDeque::new(),
+            len: len.max(1),
+            cap: cap.max(1),
+            entries: 0,
+        }
+    }
+
+    /// Records the buckets of `step` of the cells touched in it; steps not
+    /// after the newest recorded one are ignored.
+    pub fn record(&mut self, cells: &Cells, step: i64) {
+        if self.steps.back().is_some_and(|(s, _)| *s >= step) {
+            return;
+        }
+        let keys = cells.touched(step);
+        while !self.steps.is_empty()
+            && (self.steps.len() >= self.len || self.entries + keys.len() > self.cap)
+        {
+            if let Some((_, old)) = self.steps.pop_front() {
+                self.entries -= old.len();
+            }
+        }
+        let mut row: Vec<(Key, Bucket)> = Vec::with_capacity(keys.len());
+        row.extend(keys.iter().filter_map(|k| {
+            let b = cells.get(k)?.bucket(step);
+            (b.n > 0).then_some((*k, b))
+        }));
+        self.entries += row.len();
+        self.steps.push_back((step, row));
+    }
+
+    /// The recorded buckets of `step` (empty when not recorded or gone).
+    pub fn step(&self, step: i64) -> &[(Key, Bucket)] {
+        // Steps are recorded in order, not always every one (a gap in
+        // event time is skipped).
+        self.steps
+            .binary_search_by_key(&step, |(s, _)| *s)
+            .map_or(&[], |i| self.steps[i].1.as_slice())
+    }
+
+    /// Entries held, over every step.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,5 +567,36 @@ mod tests {
             let direct_f = events.iter().filter(|(s, f)| *f && *s > last - 6 && *s <= last).count() as u32;
             prop_assert_eq!(w, Bucket { n: direct_n, f: direct_f });
         }
+    }
+
+    #[test]
+    fn history_keeps_the_last_steps_within_its_bounds() {
+        let mut cells = Cells::new(2, 1);
+        let mut h = History::new(3, 5);
+        let k = |i: u32| -> Key {
+            let mut k = [0; MAX_DIMS];
+            k[0] = i;
+            k
+        };
+        for s in 0..6i64 {
+            // Step s touches s % 3 + 1 cells.
+            for i in 0..(s % 3 + 1) as u32 {
+                cells.add_counts(k(i), s, 2, 1);
+            }
+            h.record(&cells, s);
+        }
+        // Steps 3, 4, 5 hold 1 + 2 + 3 = 6 entries, over the cap of 5: step 3 went.
+        assert!(h.step(3).is_empty());
+        assert_eq!(h.step(4).len(), 2);
+        assert_eq!(h.step(5).len(), 3);
+        assert_eq!(h.step(5)[0].1, Bucket { n: 2, f: 1 });
+        assert_eq!(h.entries(), 5);
+        // Past the ring of the cells, still there; recording a step twice counts once.
+        cells.add_counts(k(0), 9, 1, 0);
+        h.record(&cells, 9);
+        h.record(&cells, 9);
+        assert_eq!(h.step(5).len(), 3);
+        assert_eq!(h.step(9), &[(k(0), Bucket { n: 1, f: 0 })]);
+        assert!(h.step(7).is_empty());
     }
 }

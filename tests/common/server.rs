@@ -80,7 +80,7 @@ impl Server {
 
     /// Puts an incident straight into the store.
     pub fn insert(&self, inc: &Incident) {
-        self.rt.block_on(self.store.upsert(inc, &[], None)).unwrap();
+        self.rt.block_on(self.store.upsert(inc, &[], &[])).unwrap();
     }
 
     /// What the notifier printed so far.

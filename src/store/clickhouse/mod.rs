@@ -686,15 +686,15 @@ impl Store for ClickHouseStore {
         &self,
         incident: &Incident,
         timeline: &[TimelineEntry],
-        point: Option<SeriesPoint>,
+        points: &[SeriesPoint],
     ) -> Result<(), StoreError> {
-        self.cache.upsert(incident, timeline, point).await?;
+        self.cache.upsert(incident, timeline, points).await?;
         self.write_incident(&incident.id);
         self.write_timeline(&incident.id, timeline);
-        if let Some(p) = point {
+        for p in points {
             self.bufs
                 .series
-                .push(SeriesRow::new(&incident.id, &p, self.seq.next()));
+                .push(SeriesRow::new(&incident.id, p, self.seq.next()));
         }
         Ok(())
     }
