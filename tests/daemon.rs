@@ -10,9 +10,15 @@ mod common;
 use common::http::http;
 use common::server::{Server, INGEST, READ};
 
+/// Also: with a public URL, the incident's `url` is in the API and on the
+/// printed card, and its series (the chart's) starts a window or more
+/// before the episode began.
 #[test]
 fn http_ingest_detects_and_serves_incidents() {
-    let mut srv = Server::start(10 << 20);
+    let mut settings = faultline::config::Settings::default();
+    settings.api.body_limit_bytes = 10 << 20;
+    settings.public_url = Some("https://faultline.example.com".into());
+    let mut srv = Server::start_with(settings);
     let port = srv.port;
 
     // A scenario with its first fault, pushed in NDJSON chunks.
@@ -59,7 +65,23 @@ fn http_ingest_detects_and_serves_incidents() {
     assert_eq!(status, 200);
     let one: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(!one["timeline"].as_array().unwrap().is_empty());
-    assert!(!one["series"].as_array().unwrap().is_empty());
+    let url = format!("https://faultline.example.com/ui/incidents/{id}");
+    assert_eq!(one["url"], url.as_str());
+    assert_eq!(incidents[0]["url"], url.as_str());
+    // The series reaches back a window (this rule's: 2 minutes) before the
+    // episode began, and on past the opening.
+    let at = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let series = one["series"].as_array().unwrap();
+    let began = at(&one["began_at"]);
+    let opened = at(&one["opened_at"]);
+    let first = at(&series[0]["at"]);
+    assert!(first <= began - 120_000, "{first} {began}");
+    assert!(series.iter().any(|p| at(&p["at"]) > opened));
+    assert!(series.windows(2).all(|w| at(&w[0]["at"]) < at(&w[1]["at"])));
     assert_eq!(
         http(port, "GET", "/incidents/inc_nope", Some(READ), b"").0,
         404
@@ -68,6 +90,7 @@ fn http_ingest_detects_and_serves_incidents() {
     srv.stop().unwrap();
     let card = srv.printed();
     assert!(card.contains("OPENED"), "{card}");
+    assert!(card.contains(&url), "{card}");
 }
 
 #[test]

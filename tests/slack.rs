@@ -689,7 +689,7 @@ fn notifier_threads_updates_once_and_never_posts_twice() {
         value: 0.404,
         baseline: 0.0051,
     };
-    rt.block_on(store.upsert(&inc, &[], Some(point))).unwrap();
+    rt.block_on(store.upsert(&inc, &[], &[point])).unwrap();
     rt.block_on(n.notify(&Transition::Opened(inc.clone())))
         .unwrap();
     stub.wait_for("the chart", Duration::from_secs(30), |calls, _| {
@@ -861,4 +861,81 @@ fn stub_refuses_what_slack_refuses() {
         .unwrap();
         assert_eq!(r["error"], "channel_not_found");
     });
+}
+
+/// The episode's facts reach Slack: the opening message, a peak-growth
+/// reply and the resolve (the edit and the reply) carry the peak, the
+/// impact, when it began, the error codes, the "Check next" line and a
+/// button to the incident's page, and are valid Block Kit.
+#[test]
+fn episode_facts_reach_slack_as_valid_blockkit() {
+    use faultline::incident::{Incident, Status};
+    use faultline::summarize::{template, Facts};
+
+    let url = "https://faultline.example.com/ui/incidents/inc_a1b2c3d4e5f6a7b8";
+    let mut v = incident_json("inc_a1b2c3d4e5f6a7b8");
+    let w = |s: &str, e: &str| json!({"start": s, "end": e});
+    v["began_at"] = json!("2026-03-02T00:20:11Z");
+    v["current"] = json!({"window": w("2026-03-02T00:22:11Z", "2026-03-02T00:24:11Z"),
+        "events": 4210, "failures": 1702, "failure_rate": 0.404, "baseline_rate": 0.0051});
+    v["peak"] = json!({"window": w("2026-03-02T00:21:00Z", "2026-03-02T00:23:00Z"),
+        "events": 4390, "failures": 1985, "failure_rate": 0.452, "baseline_rate": 0.0051});
+    v["impact"] = json!({"events": 31870, "failures": 12010, "expected_failures": 162.6,
+        "excess_failures": 11847.4});
+    v["error_codes"] = json!([{"code": "provider_5xx", "failures": 9100, "share": 0.76}]);
+    v["url"] = json!(url);
+    let mut inc: Incident = serde_json::from_value(v).unwrap();
+    let rules = RuleSet::embedded();
+    let rule = &rules.get(&inc.rule).unwrap().rule;
+    template(&Facts::new(&inc, rule)).apply(&mut inc);
+
+    let body = |m: blocks::Message| {
+        let mut b = serde_json::Map::new();
+        m.into_fields(&mut b);
+        Value::Object(b)
+    };
+    let opened = body(blocks::incident_message(&inc, None));
+    let text = opened.to_string();
+    for fact in [
+        "40.40% now, peak 45.20% at 00:23",
+        "11847 failures beyond normal (12010 failed of 31870 attempts)",
+        "2026-03-02 00:20:11 UTC",
+        "provider_5xx",
+        "Check next:",
+    ] {
+        assert!(text.contains(fact), "{fact} missing from {text}");
+    }
+    let buttons = opened["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["block_id"] == "faultline_links")
+        .expect("link buttons");
+    assert_eq!(buttons["elements"][0]["url"], url);
+
+    // The peak grew: a reply with the new peak.
+    let grown = body(blocks::peak_reply(&inc, 0.30));
+    assert!(
+        grown.to_string().contains("from 30.00% to 45.20%"),
+        "{grown}"
+    );
+
+    // Resolved: the edit and the reply tell the peak and the impact, never "now".
+    inc.status = Status::Resolved;
+    inc.resolved_at = Some(inc.updated_at + chrono::Duration::minutes(6));
+    template(&Facts::new(&inc, rule)).apply(&mut inc);
+    let edit = body(blocks::incident_message(&inc, None));
+    let reply = body(blocks::resolved_reply(&inc));
+    for m in [&edit, &reply] {
+        let t = m.to_string();
+        assert!(
+            t.contains("45.20%") && t.contains("11847 failures beyond normal"),
+            "{t}"
+        );
+        assert!(!t.contains(" now"), "{t}");
+    }
+    assert!(edit.to_string().contains(url));
+    // The duration counts from when it began, as the summary does.
+    assert!(edit.to_string().contains("Resolved after 10m"), "{edit}");
+    validate_blockkit(&[opened, grown, edit, reply]);
 }

@@ -165,11 +165,14 @@ fn pct(x: f64) -> String {
     }
 }
 
-fn rate_text(c: &RootCause) -> String {
+/// A cause's window evidence: "now" while the incident is open; once
+/// resolved it is the last window's, never a stale "now".
+fn rate_text(c: &RootCause, open: bool) -> String {
+    let when = if open { "now" } else { "in the last window" };
     match c.expected_events {
-        Some(exp) => format!("{} events now vs {exp:.0} expected", c.events),
+        Some(exp) => format!("{} events {when} vs {exp:.0} expected", c.events),
         None => format!(
-            "{} now vs {} baseline",
+            "{} {when} vs {} baseline",
             pct(c.failure_rate),
             pct(c.baseline_rate)
         ),
@@ -235,12 +238,12 @@ fn episode_impact_text(inc: &Incident) -> Option<String> {
 }
 
 /// One line per candidate: dims, numbers, score.
-fn candidate_line(i: usize, c: &RootCause) -> String {
+fn candidate_line(i: usize, c: &RootCause, open: bool) -> String {
     format!(
         "{}. `{}`: {}; {}; score {:.2}",
         i + 1,
         mrkdwn(&dims_text(&c.dims)),
-        rate_text(c),
+        rate_text(c, open),
         volume_text(c),
         c.score
     )
@@ -261,10 +264,12 @@ pub fn status_text(inc: &Incident, acted: Option<&Acted>) -> String {
     }
 }
 
-/// How long the incident lasted (event time), or has lasted so far.
+/// How long the incident lasted (event time), or has lasted so far: from
+/// when its episode began (as its summary counts), else from the opening.
 pub fn duration_text(inc: &Incident) -> String {
     let end = inc.resolved_at.unwrap_or(inc.updated_at);
-    let secs = (end - inc.opened_at).num_seconds().max(0);
+    let start = inc.episode.began_at.unwrap_or(inc.opened_at);
+    let secs = (end - start).num_seconds().max(0);
     let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
     match (h, m) {
         (0, 0) => format!("{s}s"),
@@ -302,7 +307,7 @@ pub fn incident_message(inc: &Incident, acted: Option<&Acted>) -> Message {
         field(
             "Failure rate",
             episode_rate_text(inc)
-                .or_else(|| cause.map(rate_text))
+                .or_else(|| cause.map(|c| rate_text(c, inc.status != Status::Resolved)))
                 .unwrap_or_else(|| "n/a".into()),
         ),
         field(
@@ -328,8 +333,9 @@ pub fn incident_message(inc: &Incident, acted: Option<&Acted>) -> Message {
 
     if !inc.root_causes.is_empty() {
         let mut text = String::from("*Root-cause candidates*\n");
+        let open = inc.status != Status::Resolved;
         for (i, c) in inc.root_causes.iter().take(MAX_CANDIDATES).enumerate() {
-            text.push_str(&candidate_line(i, c));
+            text.push_str(&candidate_line(i, c, open));
             text.push('\n');
         }
         blocks.push(section(text.trim_end()));
@@ -483,7 +489,7 @@ pub fn severity_reply(from: Severity, to: Severity) -> Message {
 pub fn candidates_reply(new: &[&RootCause]) -> Message {
     let mut text = String::from(":mag: New root-cause candidates:\n");
     for (i, c) in new.iter().take(MAX_CANDIDATES).enumerate() {
-        text.push_str(&candidate_line(i, c));
+        text.push_str(&candidate_line(i, c, true));
         text.push('\n');
     }
     reply(text.trim_end())
