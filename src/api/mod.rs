@@ -259,14 +259,19 @@ pub(crate) struct Scrubbed<T>(pub T);
 
 impl<T: serde::Serialize> IntoResponse for Scrubbed<T> {
     fn into_response(self) -> axum::response::Response {
-        match serde_json::to_value(&self.0) {
-            Ok(mut v) => {
-                crate::redact::scrub_json(&mut v);
-                Json(v).into_response()
-            }
-            Err(e) => ApiError::Internal(format!("serializing an answer: {e}")).into_response(),
+        match scrubbed(&self.0) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => e.into_response(),
         }
     }
+}
+
+/// `value` as JSON passed through [`crate::redact::scrub_json`].
+pub(crate) fn scrubbed<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
+    let mut v = serde_json::to_value(value)
+        .map_err(|e| ApiError::Internal(format!("serializing an answer: {e}")))?;
+    crate::redact::scrub_json(&mut v);
+    Ok(v)
 }
 
 /// Reads a streamed body up to `limit` bytes, or the JSON 413 / 400 it
