@@ -173,6 +173,7 @@ async fn pipeline_run(
         metrics: metrics.clone(),
         rules: Arc::new(faultline::reload::LiveRules::new((*rules).clone())),
         summary_deadline: Duration::from_secs(5),
+        public_url: None,
         claims: None,
     };
     let started = Instant::now();

@@ -290,6 +290,7 @@ impl App {
                 metrics,
                 rules,
                 summary_deadline: settings.llm.deadline.0,
+                public_url: settings.public_url.clone(),
                 claims: None,
             },
             engine_opts,

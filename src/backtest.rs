@@ -426,6 +426,7 @@ mod tests {
             links: Vec::new(),
             prompt_version: None,
             candidates: Vec::new(),
+            episode: Default::default(),
         }
     }
 

@@ -68,6 +68,10 @@ impl ConfigError {
 pub struct Settings {
     /// HTTP listen address, `host:port` (`FAULTLINE_LISTEN`).
     pub listen: String,
+    /// Base URL people reach the pages at, e.g. `https://faultline.example.com`
+    /// (`FAULTLINE_PUBLIC_URL`): each incident's `url` is its page under it,
+    /// linked from Slack, stdout and the API. Unset: incidents carry no `url`.
+    pub public_url: Option<String>,
     /// Rules folder (`FAULTLINE_RULES_DIR`); unset: `rules/` in the working
     /// directory when present, else the rules built into the binary.
     pub rules_dir: Option<PathBuf>,
@@ -101,6 +105,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: "127.0.0.1:8080".into(),
+            public_url: None,
             rules_dir: None,
             rules_reload_interval: Dur(Duration::from_secs(5)),
             log: "info".into(),
@@ -703,6 +708,9 @@ impl Settings {
         if let Some(v) = var("FAULTLINE_LISTEN", "listen") {
             self.listen = v;
         }
+        if let Some(v) = var("FAULTLINE_PUBLIC_URL", "public_url") {
+            self.public_url = Some(v).filter(|v| !v.trim().is_empty());
+        }
         if let Some(v) = var("FAULTLINE_RULES_DIR", "rules_dir") {
             self.rules_dir = Some(PathBuf::from(v));
         }
@@ -797,6 +805,14 @@ impl Settings {
                 "listen",
                 format!("`{}` is not host:port", self.listen),
             ));
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::invalid(
+                    "public_url",
+                    format!("`{url}` is not an http(s) URL"),
+                ));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError::invalid(

@@ -201,6 +201,9 @@ pub struct Outputs {
     /// template's; a summary arriving later is applied in place
     /// ([`Notifier::summary_updated`](crate::notify::Notifier::summary_updated)).
     pub summary_deadline: Duration,
+    /// Base URL of the pages (`FAULTLINE_PUBLIC_URL`): incidents get their
+    /// page's `url` under it.
+    pub public_url: Option<String>,
     /// On a cluster's detector: every notification is claimed here first, so
     /// a takeover never repeats one ([`crate::cluster::ledger`]).
     pub claims: Option<Arc<crate::cluster::ledger::Ledger>>,
@@ -717,6 +720,11 @@ async fn apply_late_summary(id: &str, summary: Summary, o: &Outputs) {
     }
 }
 
+/// The incident's page under the public base URL.
+pub fn page_url(base: &str, id: &str) -> String {
+    format!("{}/ui/incidents/{id}", base.trim_end_matches('/'))
+}
+
 /// When a resolved incident ended, event time.
 fn resolved_ms(i: &Incident) -> i64 {
     i.resolved_at.unwrap_or(i.updated_at).timestamp_millis()
@@ -764,6 +772,10 @@ async fn handle_change(
         }
     }
     let mut incident = transition.incident().clone();
+    incident.episode.url = o
+        .public_url
+        .as_deref()
+        .map(|base| page_url(base, &incident.id));
     let span = tracing::info_span!("incident", incident_id = %incident.id, rule = %incident.rule);
     let _enter = span.enter();
     let rules = o.rules.get();
@@ -791,8 +803,17 @@ async fn handle_change(
             }
             summary.apply(&mut incident);
         }
+    } else if let (Some(rule), true) = (
+        rule,
+        prev.as_ref()
+            .is_some_and(|p| p.incident.summary_source == SummarySource::Template),
+    ) {
+        // Routine refresh of a template summary: rewritten from the numbers
+        // now (deterministic and cheap), so it never goes stale.
+        summarize_template(&mut incident, rule);
     } else if let Some(prev) = prev {
-        // Routine refresh: keep the summary written when it was last notified.
+        // Routine refresh: keep the (model's) summary written when it was
+        // last notified.
         incident.title = prev.incident.title;
         incident.summary = prev.incident.summary;
         incident.summary_source = prev.incident.summary_source;
@@ -927,6 +948,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             rules: Arc::new(crate::reload::LiveRules::new(RuleSet::embedded())),
             summary_deadline: Duration::from_millis(deadline_ms),
+            public_url: Some("https://faultline.example.com/".into()),
             claims: None,
         };
         let (tx, rx) = mpsc::channel(4);
@@ -952,6 +974,11 @@ mod tests {
         let rec = store.get("inc_1").await.unwrap().unwrap();
         assert_eq!(rec.incident.summary_source, SummarySource::Llm);
         assert!(rec.timeline.iter().all(|e| e.what != "summary_fallback"));
+        // The page under FAULTLINE_PUBLIC_URL, one slash between.
+        assert_eq!(
+            rec.incident.episode.url.as_deref(),
+            Some("https://faultline.example.com/ui/incidents/inc_1")
+        );
     }
 
     #[tokio::test]

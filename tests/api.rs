@@ -58,6 +58,7 @@ fn incident(id: &str, provider: &str) -> Incident {
         links: vec![],
         prompt_version: None,
         candidates: Vec::new(),
+        episode: Default::default(),
     }
 }
 

@@ -153,8 +153,8 @@ fn schema_is_created_once_and_migrates_forward_idempotently() {
     );
 
     // A version-1 database, an incident in it: the incidents table gains
-    // `candidates` (18.16 has no ADD COLUMN IF NOT EXISTS), the old row reads
-    // with none, and candidates written from then on come back.
+    // `candidates` and `episode` (18.16 has no ADD COLUMN IF NOT EXISTS), the
+    // old row reads with none, and what is written from then on comes back.
     ch.sql("CREATE DATABASE fl_v1");
     for sql in schema::MIGRATIONS[0].statements {
         ch.sql(&sql.replace("{db}", "fl_v1"));
@@ -176,6 +176,9 @@ fn schema_is_created_once_and_migrates_forward_idempotently() {
     let has_candidates = "SELECT count() FROM system.columns \
          WHERE database = 'fl_v1' AND table = 'incidents' AND name = 'candidates'";
     assert_eq!(count(&ch, has_candidates), 1);
+    let has_episode = "SELECT count() FROM system.columns \
+         WHERE database = 'fl_v1' AND table = 'incidents' AND name = 'episode'";
+    assert_eq!(count(&ch, has_episode), 1);
     let dyn_v1: Arc<dyn Store> = v1.clone();
     let old = rt
         .block_on(dyn_v1.get("inc_old"))
@@ -183,7 +186,25 @@ fn schema_is_created_once_and_migrates_forward_idempotently() {
         .expect("the old incident");
     assert_eq!(old.incident.title, "old");
     assert!(old.incident.candidates.is_empty());
+    assert_eq!(
+        old.incident.episode,
+        faultline::incident::Episode::default()
+    );
     let mut inc = incident("inc_new", T0, "stripe");
+    inc.episode.began_at = Some(inc.opened_at - chrono::Duration::seconds(45));
+    inc.episode.impact = Some(faultline::incident::Impact {
+        events: 4000,
+        failures: Some(1700),
+        expected_failures: Some(20.5),
+        excess_failures: Some(1679.5),
+        ..Default::default()
+    });
+    inc.episode.error_codes = vec![faultline::incident::CodeShare {
+        code: "provider_5xx".into(),
+        failures: 1650,
+        share: 0.98,
+    }];
+    inc.episode.url = Some("https://faultline.example.com/ui/incidents/inc_new".into());
     let mut piece = inc.root_causes[0].clone();
     piece.dims.insert("bin".into(), "411111".into());
     inc.candidates = vec![piece];
@@ -194,7 +215,9 @@ fn schema_is_created_once_and_migrates_forward_idempotently() {
     let fresh: Arc<dyn Store> = connect(&rt, &v1s, Arc::new(Metrics::new()));
     let back = rt.block_on(fresh.get("inc_new")).unwrap().expect("stored");
     assert_eq!(back.incident.candidates, inc.candidates);
+    assert_eq!(back.incident.episode, inc.episode);
     assert_eq!(count(&ch, has_candidates), 1, "migrated once");
+    assert_eq!(count(&ch, has_episode), 1, "migrated once");
 }
 
 /// The standard scenario's lines (with its first fault) and that fault's rule.

@@ -744,6 +744,7 @@ fn incident(id: &str, provider: &str, opened_ms: i64) -> faultline::incident::In
         links: Vec::new(),
         prompt_version: None,
         candidates: Vec::new(),
+        episode: Default::default(),
     }
 }
 

@@ -169,7 +169,7 @@ fn a_good_answer_becomes_the_incident_summary() {
         assert!(timeline(inc, "summary_fallback").is_empty(), "{inc:#}");
         let summary = inc["summary"].as_str().unwrap();
         assert!(
-            summary.contains("Impact:") && summary.contains("Next checks:"),
+            summary.contains("Impact:") && summary.contains("Check next:"),
             "{summary}"
         );
         // Links come from the rule, not the model.

@@ -55,7 +55,8 @@ use crate::store::{IncidentPage, IncidentRecord, Silence};
         ErrorDetail, IngestReport, EventV1, Health, Readiness, IntegrationCheck,
         super::rules::RulesView, super::rules::RuleBrief, crate::reload::ReloadStatus,
         crate::engine::ReloadSummary, crate::explain::Report, crate::explain::OpenIncident,
-        crate::engine::Explanation, crate::engine::Condition
+        crate::engine::Explanation, crate::engine::Condition, crate::incident::Episode,
+        crate::incident::Reading, crate::incident::Impact, crate::incident::CodeShare
     )),
     modifiers(&BearerAuth),
     tags(

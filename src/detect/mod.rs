@@ -55,6 +55,11 @@ pub fn directed_llr(x: f64, e: f64, dir: Direction) -> f64 {
     }
 }
 
+/// Deviance by which failures must exceed a rule's edge of normal (one-sided
+/// 95 %, z = 1.645): the floors are then a boundary the counts must clear,
+/// not one they may touch by chance.
+pub const EDGE_DEVIANCE: f64 = 1.645 * 1.645;
+
 /// The deviance an element needs for a one-sided false-alarm probability `alpha`
 /// shared among `tests` elements (Bonferroni): `z(1 - alpha/tests)^2`.
 pub fn llr_threshold(alpha: f64, tests: usize) -> f64 {
@@ -109,6 +114,33 @@ impl Criteria {
     pub fn passes(&self, real: f64, predict: f64, volume: f64, threshold: f64) -> bool {
         self.passes_floors(real, predict, volume)
             && directed_llr(real, predict, self.direction) >= threshold
+            && self.beyond_the_edge(real, predict, volume)
+    }
+
+    /// Up: whether the failures are significantly above the most the rule
+    /// still calls normal (`ratio` times the baseline, or `min_rate_delta`
+    /// above it), not only above the baseline. A merchant whose webhooks fail
+    /// in bursts near its rule's edge crosses it by chance in small windows
+    /// (12 of 31 failing where 9 is the edge); a real outage clears it by far.
+    /// Down: the ratio is the edge and the significance test already holds.
+    pub fn beyond_the_edge(&self, real: f64, predict: f64, volume: f64) -> bool {
+        self.edge_deviance(real, predict, volume) >= EDGE_DEVIANCE
+    }
+
+    /// Up: the deviance of the failures above the rule's edge of normal
+    /// (infinite when the edge is zero). Down: infinite (no edge test).
+    pub fn edge_deviance(&self, real: f64, predict: f64, volume: f64) -> f64 {
+        match self.direction {
+            Direction::Up => {
+                let edge = (self.ratio * predict).max(predict + self.min_rate_delta * volume);
+                if edge <= 0.0 {
+                    f64::INFINITY
+                } else {
+                    directed_llr(real, edge, Direction::Up)
+                }
+            }
+            Direction::Down => f64::INFINITY,
+        }
     }
 }
 

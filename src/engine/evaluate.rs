@@ -297,6 +297,10 @@ pub(super) fn evaluate(
             let passes = criteria.passes(r, p, v, threshold);
             (root_cause(rs_ref, &e, interner, &codes), passes)
         });
+        let mut changes = changes;
+        manager.record_episode(&rs_ref.rule, end_ms, &mut changes, |els, steps| {
+            super::episode::step_counts(rs_ref, &leaves, interner, &codes.share, (s, steps), els)
+        });
         rs.incidents = manager;
         out.extend(changes);
     }

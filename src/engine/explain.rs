@@ -12,7 +12,8 @@ use crate::window::MAX_DIMS;
 /// One condition of a rule, as [`Engine::explain`] reports it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Condition {
-    /// `volume_floor`, `min_failures`, `lift`, `rate_increase`, `volume_ratio` or `significance`.
+    /// `volume_floor`, `min_failures`, `lift`, `rate_increase`, `beyond_edge`,
+    /// `volume_ratio` or `significance`.
     pub name: &'static str,
     /// What the rule requires, e.g. `>= 40`.
     pub required: String,
@@ -190,6 +191,13 @@ impl Engine {
                 format!(">= {}", c.min_rate_delta),
                 increase,
                 el.volume > 0.0 && increase >= c.min_rate_delta,
+            ));
+            let edge = c.edge_deviance(el.real, el.predict, el.volume);
+            conditions.push(cond(
+                "beyond_edge",
+                format!(">= {:.3}", crate::detect::EDGE_DEVIANCE),
+                edge,
+                c.beyond_the_edge(el.real, el.predict, el.volume),
             ));
         }
         conditions.push(cond(

@@ -15,6 +15,7 @@
 //! 3. the incident manager applies hysteresis and emits changes;
 //! 4. cells outside anything anomalous teach the baseline this step's counts.
 
+mod episode;
 mod evaluate;
 mod explain;
 mod state;

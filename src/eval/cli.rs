@@ -361,6 +361,16 @@ fn eval_families(
         let mut report = super::score(&incidents, &scenario.labels());
         report.detector = detector.name().into();
         let row = super::FamilySummary::new(&report, seed, &targets);
+        // The episode numbers against the truth, read from the events again.
+        let episodes = match detector {
+            Detector::Faultline(_) => Some(super::episode::score_episodes(
+                Generator::new(&scenario)?.map(|l| l.text),
+                &scenario.labels(),
+                &incidents,
+                rules,
+            )),
+            Detector::Naive => None,
+        };
         eprintln!(
             "{family}: seed {seed}, {} faults, {} incidents, {} in {:.1} s",
             row.faults,
@@ -368,10 +378,17 @@ fn eval_families(
             if row.pass { "PASS" } else { "FAIL" },
             started.elapsed().as_secs_f64()
         );
+        if let Some(ep) = &episodes {
+            eprintln!("{family}: episode numbers: {}", ep.line());
+        }
         if args.details {
             writeln!(stdout, "== {family} (seed {seed})")?;
             stdout.write_all(report.element_table().as_bytes())?;
             writeln!(stdout)?;
+            if let Some(ep) = &episodes {
+                stdout.write_all(ep.table().as_bytes())?;
+                writeln!(stdout)?;
+            }
         }
         rows.push(row);
     }

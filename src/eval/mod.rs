@@ -38,6 +38,7 @@
 //! a verdict against [`TARGETS`].
 
 mod cli;
+pub mod episode;
 mod family;
 pub mod naive;
 
@@ -534,6 +535,7 @@ mod tests {
             links: vec![],
             prompt_version: None,
             candidates: Vec::new(),
+            episode: Default::default(),
         }
     }
 

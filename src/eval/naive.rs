@@ -267,6 +267,7 @@ impl Naive<'_> {
                         links: Vec::new(),
                         prompt_version: None,
                         candidates: Vec::new(),
+                        episode: Default::default(),
                     });
                 }
             }

@@ -131,7 +131,8 @@ impl Open {
             let carried: f64 = inner.iter().map(|c| excess(&c.cause).max(0.0)).sum();
             let narrow = !inner.is_empty()
                 && carried >= NARROW_SHARE * excess(r)
-                && carried >= NARROW_SHARE * self.peak(e);
+                && carried >= NARROW_SHARE * self.peak(e)
+                && rest_shown_healthy(r, &inner);
             if narrow {
                 added.extend(inner);
             }
@@ -197,6 +198,36 @@ fn excess(r: &RootCause) -> f64 {
         Some(e) => e - r.events as f64,
         None => r.failures as f64 - r.expected_failures,
     }
+}
+
+/// Observed and expected counts the localizer tests: failures for rate
+/// rules, events for volume rules.
+fn counts(r: &RootCause) -> (f64, f64) {
+    match r.expected_events {
+        Some(e) => (r.events as f64, e),
+        None => (r.failures as f64, r.expected_failures),
+    }
+}
+
+/// Whether what `outer` holds beyond the causes inside it is shown healthy,
+/// the localizer's own test: causes that together are all of `outer` (every
+/// card brand of a failing provider in a region) are `outer` by other names,
+/// not a narrower cause. Overlapping causes subtract twice and leave a rest
+/// too small to show healthy, which keeps `outer`.
+fn rest_shown_healthy(outer: &RootCause, inner: &[&Finding]) -> bool {
+    let (mut bad_real, mut bad_predict) = (0.0, 0.0);
+    for c in inner {
+        let (real, predict) = counts(&c.cause);
+        bad_real += real;
+        bad_predict += predict;
+    }
+    let (real, predict) = counts(outer);
+    crate::localize::rest_is_healthy(
+        bad_real,
+        bad_predict,
+        real - bad_real,
+        predict - bad_predict,
+    )
 }
 
 /// Most candidates an incident lists.
@@ -352,6 +383,16 @@ impl IncidentManager {
         let step_ms = rule.step_ms();
         let mut claimed = vec![false; causes.len()];
         let found: Vec<&Finding> = causes.iter().chain(candidates.iter()).collect();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let open: Vec<Vec<&BTreeMap<String, String>>> = self
+                .open
+                .iter()
+                .map(|o| o.incident.root_causes.iter().map(|r| &r.dims).collect())
+                .collect();
+            let causes: Vec<&BTreeMap<String, String>> =
+                causes.iter().map(|c| &c.cause.dims).collect();
+            tracing::trace!(rule = %rule.rule.name, at = %ts(end_ms), ?causes, ?open, "lifecycle step");
+        }
 
         // New causes first: pending until they hold for open_after steps, then
         // joining, reopening or opening an incident.
@@ -588,6 +629,7 @@ impl IncidentManager {
             links: links(rule, &dims, end_ms, end_ms),
             prompt_version: None,
             candidates,
+            episode: Default::default(),
         };
         Open {
             told: std::iter::once(dims).collect(),
@@ -675,4 +717,52 @@ fn news(rule: &CompiledRule, o: &mut Open, end_ms: i64, volume_rule: bool) -> Ve
         }
     }
     news
+}
+
+impl IncidentManager {
+    /// Brings the episode's numbers (CONTRACT section 3: `began_at`, `current`, `peak`,
+    /// `impact`, `error_codes`) of the incidents in this step's `changes` up
+    /// to the step ending at `end_ms`, in the changes and in the incidents
+    /// kept. `counts(elements, steps)` gives the own counts of the last
+    /// `steps` steps (oldest first) of the cells within any of `elements`.
+    pub fn record_episode(
+        &mut self,
+        rule: &CompiledRule,
+        end_ms: i64,
+        changes: &mut [Change],
+        mut counts: impl FnMut(&[Element], usize) -> Vec<super::StepCounts>,
+    ) {
+        let volume = rule.rule.detector == crate::rules::Detector::VolumeDrop;
+        let shape = (rule.step_ms(), rule.rule.window.ms());
+        for ch in changes.iter_mut() {
+            let inc = match &mut ch.transition {
+                Transition::Opened(i) | Transition::Updated(i) | Transition::Resolved(i) => i,
+            };
+            let kept = self
+                .open
+                .iter_mut()
+                .chain(self.recent.iter_mut())
+                .find(|o| o.incident.id == inc.id);
+            let elements = match &kept {
+                Some(o) => o.elements.clone(),
+                None => Vec::new(),
+            };
+            let mut ep = kept
+                .as_ref()
+                .map_or_else(|| inc.episode.clone(), |o| o.incident.episode.clone());
+            if !ep.counted(end_ms) && !elements.is_empty() {
+                let steps = if ep.began_at.is_none() {
+                    rule.window_steps()
+                } else {
+                    1
+                };
+                let c = counts(&elements, steps);
+                ep.advance(end_ms, shape, &c, &inc.root_causes, volume);
+            }
+            if let Some(o) = kept {
+                o.incident.episode = ep.clone();
+            }
+            inc.episode = ep;
+        }
+    }
 }

@@ -5,8 +5,10 @@
 //! element overlapping it, when localization shifts a level between steps)
 //! update it; nothing opens a second one.
 
+mod episode;
 mod lifecycle;
 
+pub use episode::{CodeShare, Episode, Impact, Reading, StepCounts};
 pub use lifecycle::{Change, Finding, IncidentManager, Transition};
 
 use std::collections::BTreeMap;
@@ -126,6 +128,10 @@ pub struct Incident {
     /// shape as `root_causes`; not causes themselves).
     #[serde(default)]
     pub candidates: Vec<RootCause>,
+    /// The episode's numbers and the incident's page (`began_at`, `current`,
+    /// `peak`, `impact`, `error_codes`, `url`), top-level fields in JSON.
+    #[serde(flatten)]
+    pub episode: Episode,
 }
 
 impl Incident {

@@ -6,45 +6,51 @@
 //! so the deviance of a large aggregate explodes on noise alone and ranks big,
 //! diluted ancestors above the true cause. Here the evidence is relative:
 //!
-//! 1. **Classify leaves.** Each leaf's relative deviation `(real - predict) / predict`
-//!    is compared with a threshold `t` estimated from the data. A robust start, `6 x`
+//! 1. **Classify leaves.** Each leaf's relative deviation `(real - predict) / mean`
+//!    (over the mean of the two, so that swapping them only flips the sign) is
+//!    compared with a threshold `t` estimated from the data. A robust start, `6 x`
 //!    the first quartile of `|dev|` over the leaves still considered normal, iterated
 //!    so that a large anomaly does not inflate its own threshold; then, for a steadier
 //!    estimate, `3 x` the mean of `|dev|` over the leaves inside the threshold, iterated
 //!    likewise (floor 0.05). For uniform noise of width n both give 1.5 n (the mean
-//!    form 2.3 sigma for Gaussian noise). The denominator has a
-//!    floor (`max`) at the 5th percentile of the forecasts, so leaves below the data's
-//!    resolution cannot look infinitely deviant. Leaves are normal, up, down, or
-//!    neutral (`predict = real = 0`, or a combination absent from the input).
-//! 2. **Pure elements, shallowest first.** An element is a cause candidate when at
-//!    least `purity` of its non-neutral leaves deviate in the same direction. Layers are
-//!    scanned from one dimension down to all of them; a pure element closes its leaves,
-//!    so its descendants (pure too, but redundant) are never reported and deeper
-//!    layers only look at leaves nothing explains yet. Only elements holding at least
-//!    one unexplained abnormal leaf are examined, and each stops counting as soon as it
-//!    has seen enough normal leaves to be impure: the search prunes rather than
-//!    enumerates, which is what keeps 24 million leaves within seconds.
-//! 3. **Small pure elements must stand out of the noise's tail.** An element whose few
-//!    leaves all crossed `t` is pure, and Gaussian noise puts a few leaves in every
-//!    hundred there. When the unexplained leaves show such a tail (`Tail`), a pure
-//!    element's weakest leaf must pass the point beyond which noise would make fewer
-//!    than `tail_false` such elements in its layer. Bounded noise shows no tail, and
-//!    nothing is cut.
-//! 4. **Cutoff.** At most `max_causes` elements, largest absolute deviation first.
+//!    form 2.3 sigma for Gaussian noise). The denominator has a floor at the 5th
+//!    percentile of the forecasts, so leaves below the data's resolution cannot look
+//!    deviant. Leaves are normal, leaning (beyond `t / 3`) up or down, abnormal
+//!    (beyond `t`) up or down, or neutral (`predict = real = 0`, or absent).
+//! 2. **Elements that lean one way, shallowest first.** An element is a candidate when
+//!    at least `purity` of its non-neutral leaves lean the same way. Layers are
+//!    scanned from one dimension down to all of them; a chosen element closes its
+//!    leaves, so its descendants (redundant) are never reported and deeper layers only
+//!    look at elements holding leaves nothing explains yet, judged on those leaves
+//!    alone (a found cause's leaves are no evidence for an element overlapping it). Each stops counting once it
+//!    has seen enough other leaves to fail: the search prunes rather than enumerates.
+//! 3. **It must stand out of the noise.** Its `k` strongest leaves (`k` from
+//!    `purity x n` to all that lean) all beyond the `k`-th one's deviation `x` must be
+//!    rarer than `tail_false` among all elements of all cuboids: `2 M C(n, k)
+//!    rate(x)^k`, with `rate(x)` the share of the unexplained leaves at `x` or beyond
+//!    in that direction (within `t`), or beyond `t` a Gaussian fitted to the leaves
+//!    between `0.9 t` and `t` (or the exponential `Tail`, when larger). Weak causes
+//!    whose leaves all lean but stay within `t` pass by their number; a few noise
+//!    leaves beyond `t` do not; bounded noise never reaches `0.9 t`, and then
+//!    whatever is beyond `t` is not noise.
+//! 4. **Pieces and candidates.** Found elements of one direction that share an
+//!    ancestor leaning their way on `merge_purity` of its leaves (other found
+//!    elements' leaves left out) are pieces of it: the
+//!    ancestor becomes the cause, they become candidates. Then the causes are ordered
+//!    by their share of the absolute deviation; past `max_causes` or below
+//!    `min_share` they are candidates too.
 //!
 //! Leaves live in a dense grid (the product of the dimension sizes, absent
 //! combinations neutral), so an element's leaves are enumerated by index arithmetic
 //! with no per-element lists.
 
-use rustc_hash::FxHashMap;
-
-use super::Element;
+use super::{Element, Mask};
 use crate::window::MAX_DIMS;
 
 /// Tuning of the relative-deviation search.
 #[derive(Debug, Clone, Copy)]
 pub struct CoverOptions {
-    /// Share of an element's non-neutral leaves that must deviate the same way.
+    /// Share of an element's non-neutral leaves that must lean the same way.
     pub purity: f64,
     /// The leaf threshold is this multiple of a low quantile of the absolute
     /// relative deviations (see `deviation_quantile`).
@@ -55,13 +61,23 @@ pub struct CoverOptions {
     /// The threshold is then refined to this multiple of the mean absolute
     /// relative deviation of the leaves inside it.
     pub mean_multiple: f64,
-    /// Elements per layer that noise may be expected to make pure beyond the cut a
-    /// small element must pass, when the unexplained leaves show a tail (see `Tail`).
+    /// Elements, over all cuboids, that noise may be expected to make stand out
+    /// (see `stands_out`).
     pub tail_false: f64,
     /// Lowest leaf threshold (relative deviation), whatever the noise.
     pub min_threshold: f64,
-    /// Most elements reported.
+    /// Most elements reported as causes (the rest become candidates).
     pub max_causes: usize,
+    /// A leaf leans when its deviation passes this fraction of the leaf threshold;
+    /// an element is a cause when `purity` of its leaves lean one way and they stand
+    /// out of the noise together.
+    pub low_fraction: f64,
+    /// Share of the leaves of a common ancestor of found elements that must lean
+    /// their way for it to replace them as the cause.
+    pub merge_purity: f64,
+    /// Smallest share of the found elements' total absolute deviation a cause
+    /// explains; smaller ones are candidates.
+    pub min_share: f64,
     /// Quantile of the positive forecasts added to every denominator.
     pub predict_floor_quantile: f64,
 }
@@ -73,19 +89,30 @@ impl Default for CoverOptions {
             deviation_multiple: 6.0,
             deviation_quantile: 0.25,
             mean_multiple: 3.0,
-            tail_false: 0.5,
+            tail_false: 0.02,
             min_threshold: 0.05,
-            max_causes: 5,
+            max_causes: 10,
+            low_fraction: 1.0 / 3.0,
+            merge_purity: 0.75,
+            min_share: 0.0,
             predict_floor_quantile: 0.05,
         }
     }
 }
 
+/// A tail needs more leaves than this beyond the threshold in the minority direction:
+/// a few are causes leaning the other way.
+const TAIL_MIN_LEAVES: usize = 5;
+
 /// Leaf classes.
 const NEUTRAL: u8 = 0;
 const NORMAL: u8 = 1;
-const UP: u8 = 2;
-const DOWN: u8 = 3;
+/// Beyond `t x low_fraction` but within `t`.
+const LEAN_UP: u8 = 2;
+const LEAN_DOWN: u8 = 3;
+/// Beyond `t`.
+const UP: u8 = 4;
+const DOWN: u8 = 5;
 
 /// A snapshot as a dense grid over the dimension sizes.
 #[derive(Debug, Clone)]
@@ -142,19 +169,23 @@ impl Grid {
     }
 }
 
-/// Relative deviation of a leaf, `None` for a neutral one (`real = predict = 0`).
-/// The denominator has a floor: leaves below the data's resolution (a forecast of
-/// 0.004 written as 0.00) must not look infinitely deviant.
+/// Relative deviation of a leaf, `None` for a neutral one (`real = predict = 0`):
+/// `(real - predict)` over their mean, so that swapping the two only flips the sign
+/// (a forecast 30% too high and one 30% too low are equally far off; over `predict`
+/// alone, noise that lowers the forecast reaches further than noise that raises it,
+/// and its tail looks like causes). It runs from -2 to 2. The denominator has a
+/// floor: leaves below the data's resolution (a forecast of 0.004 written as 0.00)
+/// must not look deviant.
 fn rel_dev(grid: &Grid, floor: f64, i: usize) -> Option<f64> {
     let (r, p) = (grid.real[i], grid.predict[i]);
-    if p > 0.0 || r != 0.0 {
+    if p != 0.0 || r != 0.0 {
         // max, not sum: leaves above the floor keep their plain relative
         // deviation, so the noise estimate is not shrunk by the floor.
-        let den = p.max(floor);
+        let den = (0.5 * (r.abs() + p.abs())).max(floor);
         Some(if den > 0.0 {
             (r - p) / den
         } else {
-            f64::INFINITY.copysign(r)
+            f64::INFINITY.copysign(r - p)
         })
     } else {
         None
@@ -218,11 +249,14 @@ fn classify(grid: &Grid, opts: &CoverOptions) -> (Vec<u8>, f64, f64) {
         t
     };
     let t = if t.is_finite() { t } else { opts.min_threshold };
+    let low = t * opts.low_fraction;
     let cls = (0..n)
         .map(|i| match dev(i) {
             None => NEUTRAL,
             Some(x) if x > t => UP,
             Some(x) if x < -t => DOWN,
+            Some(x) if x > low => LEAN_UP,
+            Some(x) if x < -low => LEAN_DOWN,
             Some(_) => NORMAL,
         })
         .collect();
@@ -290,8 +324,8 @@ impl Tail {
         let (mut up, mut down): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
         for &i in open {
             match rel_dev(grid, floor, i as usize) {
-                Some(x) if x.is_finite() && x > 0.0 => up.push(x - t),
-                Some(x) if x.is_finite() && x < 0.0 => down.push(-x - t),
+                Some(x) if x.is_finite() && x > t => up.push(x - t),
+                Some(x) if x.is_finite() && x < -t => down.push(-x - t),
                 _ => {}
             }
         }
@@ -305,61 +339,293 @@ impl Tail {
             scale: median.max(0.0) / std::f64::consts::LN_2,
         })
     }
+}
 
-    /// The excess over `t` that the weakest of `abnormal` leaves (all one way) must
-    /// pass for an element among `elements` in its layer: beyond it, noise is expected
-    /// to make `tail_false` such elements. Each leaf is past `t` with chance `rate`,
-    /// and past `t + y` with `rate x exp(-y / scale)`, so the expected count is
-    /// `2 x elements x (rate x exp(-y / scale))^abnormal`. Zero when noise would
-    /// hardly make one at all.
-    fn cut(&self, abnormal: usize, elements: usize, tail_false: f64) -> f64 {
-        let a = abnormal.max(1) as f64;
-        let ln_expected = (2.0 * elements as f64).ln() + a * self.rate.ln() - tail_false.ln();
-        if ln_expected <= 0.0 {
-            0.0
-        } else {
-            self.scale * ln_expected / a
-        }
-    }
+/// What the search found: the causes, best first, and the candidates (pieces of a
+/// cause, and elements too weak to report as causes), best first.
+#[derive(Debug, Clone, Default)]
+pub struct Localized {
+    /// Elements that explain the deviation.
+    pub causes: Vec<Element>,
+    /// Pieces of a cause (elements within it that were found first) and weaker
+    /// alternatives (below `min_share`, or past `max_causes`).
+    pub candidates: Vec<Element>,
 }
 
 /// Localizes the deviation in a grid; elements carry value ids in `key`.
 pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
+    localize_grid_all(grid, opts).causes
+}
+
+/// The noise's share of leaves beyond a deviation `x`, per direction, measured on the
+/// leaves still unexplained at a layer (a sample of them), so that found causes no
+/// longer count. Up to the leaf threshold `t` it is the leaves' own share (what is
+/// left of causes makes it larger, so the test errs strict); beyond `t` leaves are too
+/// few to count, and a Gaussian fitted where the leaves still are (at `0.9 t`) gives
+/// the share, or the exponential `Tail` when that is larger. Noise that never gets
+/// near `t` (bounded) has no leaves at `0.9 t`: then nothing beyond `t` is noise.
+#[derive(Debug, Default)]
+struct Noise {
+    /// Magnitudes of the unexplained leaves' deviations, ascending, per direction
+    /// (0 up, 1 down).
+    mags: [Vec<f64>; 2],
+    /// Non-neutral leaves the sample stands for.
+    leaves: f64,
+    /// Gaussian scale fitted at `0.9 t`, per direction.
+    sigma: [Option<f64>; 2],
+}
+
+impl Noise {
+    fn measure(grid: &Grid, floor: f64, t: f64, open: &[u32], leaves: usize) -> Noise {
+        use statrs::distribution::{ContinuousCDF, Normal};
+        let step = (open.len() / 400_000).max(1);
+        let mut noise = Noise {
+            leaves: leaves as f64 / step as f64,
+            ..Noise::default()
+        };
+        for &i in open.iter().step_by(step) {
+            match rel_dev(grid, floor, i as usize) {
+                Some(x) if x > 0.0 => noise.mags[0].push(x),
+                Some(x) if x < 0.0 => noise.mags[1].push(-x),
+                _ => {}
+            }
+        }
+        for d in 0..2 {
+            noise.mags[d].sort_unstable_by(f64::total_cmp);
+            // The Gaussian whose share between 0.9 t and t is the leaves' share there
+            // (leaves beyond t are left out: they may be causes). That share grows
+            // with the scale up to 0.95 t, so bisection finds it.
+            let band = noise.share(d, 0.9 * t) - noise.share(d, t);
+            let in_band = |s: f64| {
+                let std = Normal::new(0.0, s).ok();
+                std.map_or(0.0, |n| n.cdf(t) - n.cdf(0.9 * t))
+            };
+            if band > 0.0 {
+                let (mut lo, mut hi) = (t / 40.0, 0.95 * t);
+                if in_band(hi) <= band {
+                    lo = hi;
+                }
+                for _ in 0..40 {
+                    let mid = 0.5 * (lo + hi);
+                    if in_band(mid) < band {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                noise.sigma[d] = Some(lo);
+            }
+        }
+        noise
+    }
+
+    /// Share of the leaves at `x` or beyond, in direction `d` (the leaf being judged
+    /// counts itself: the strongest of them is as common as one leaf).
+    fn share(&self, d: usize, x: f64) -> f64 {
+        let v = &self.mags[d];
+        let above = v.len() - v.partition_point(|&m| m < x);
+        if self.leaves > 0.0 {
+            above as f64 / self.leaves
+        } else {
+            0.0
+        }
+    }
+
+    /// `ln` of the share of leaves that noise puts beyond `x` in direction `d`.
+    fn ln_rate(&self, d: usize, x: f64, t: f64, tail: Option<Tail>) -> f64 {
+        if x <= t {
+            return self.share(d, x).ln();
+        }
+        let exp = tail.map_or(f64::NEG_INFINITY, |tail| {
+            tail.rate.ln() - (x - t) / tail.scale.max(f64::MIN_POSITIVE)
+        });
+        let gauss = self.sigma[d].map_or(f64::NEG_INFINITY, |s| ln_normal_tail(x / s));
+        exp.max(gauss)
+    }
+}
+
+/// `ln P(Z > z)` for a standard normal `Z`, with the asymptotic form far out.
+fn ln_normal_tail(z: f64) -> f64 {
+    let p = 0.5 * statrs::function::erf::erfc(z / std::f64::consts::SQRT_2);
+    if p > 1e-300 {
+        p.ln()
+    } else {
+        -0.5 * z * z - (z * (2.0 * std::f64::consts::PI).sqrt()).ln()
+    }
+}
+
+/// `ln` of the binomial coefficient.
+fn ln_choose(n: usize, k: usize) -> f64 {
+    use statrs::function::gamma::ln_gamma;
+    ln_gamma(n as f64 + 1.0) - ln_gamma(k as f64 + 1.0) - ln_gamma((n - k) as f64 + 1.0)
+}
+
+/// One element's leaves as the search sees them: those no element found so far
+/// explains.
+struct Tally {
+    /// Non-neutral leaves.
+    leaves: usize,
+    /// Leaning leaves.
+    fresh: usize,
+    /// Leaves leaning up (beyond `t x low_fraction`) and down.
+    up: usize,
+    down: usize,
+    real: f64,
+    predict: f64,
+}
+
+/// Counts an element's leaves that no found element explains; stops early (`None`)
+/// once neither direction can reach `purity` of them.
+fn tally(
+    grid: &Grid,
+    cls: &[u8],
+    closed: &[bool],
+    base: usize,
+    free: &[(usize, u32)],
+    max_off: usize,
+) -> Option<Tally> {
+    let mut t = Tally {
+        leaves: 0,
+        fresh: 0,
+        up: 0,
+        down: 0,
+        real: 0.0,
+        predict: 0.0,
+    };
+    let mut ok = true;
+    for_each_cell(base, free, |i| {
+        // Leaves a found element explains are no evidence for this one: counting
+        // them would let a few noise leaves beside a cause look like a cause of
+        // their own (a cause on one value of a 5-valued dimension fills 1/5 of every
+        // deeper element's leaves with strongly leaning ones).
+        if closed[i] {
+            return true;
+        }
+        let c = cls[i];
+        if c != NEUTRAL {
+            t.leaves += 1;
+            t.fresh += usize::from(c >= LEAN_UP);
+            t.up += usize::from(c == UP || c == LEAN_UP);
+            t.down += usize::from(c == DOWN || c == LEAN_DOWN);
+        }
+        t.real += grid.real[i];
+        t.predict += grid.predict[i];
+        ok = t.leaves - t.up <= max_off || t.leaves - t.down <= max_off;
+        ok
+    });
+    ok.then_some(t)
+}
+
+/// Whether an element's leaning leaves stand out of the noise: for the `k` strongest
+/// of its `n` leaves (`k` from `purity x n` up to all that lean), all beyond the
+/// `k`-th one's deviation `x`, noise is expected to make `2 M C(n, k) rate(x)^k` such
+/// elements among the `M` of its cuboid. The element stands out when, for some `k`,
+/// that is below `tail_false`.
+#[allow(clippy::too_many_arguments)]
+fn stands_out(
+    grid: &Grid,
+    closed: &[bool],
+    floor: f64,
+    t: f64,
+    base: usize,
+    free: &[(usize, u32)],
+    up: bool,
+    leaves: usize,
+    ln_m: f64,
+    noise: &Noise,
+    tail: Option<Tail>,
+    opts: &CoverOptions,
+) -> bool {
+    let t_low = t * opts.low_fraction;
+    let mut mags = Vec::new();
+    for_each_cell(base, free, |i| {
+        if closed[i] {
+            return true;
+        }
+        if let Some(x) = rel_dev(grid, floor, i) {
+            let m = if up { x } else { -x };
+            if m > t_low {
+                mags.push(m);
+            }
+        }
+        true
+    });
+    mags.sort_unstable_by(|a, b| b.total_cmp(a));
+    let k_min = ((opts.purity * leaves as f64).ceil() as usize).max(1);
+    (k_min..=mags.len()).any(|k| {
+        let x = mags[k - 1];
+        ln_m + ln_choose(leaves, k) + k as f64 * noise.ln_rate(usize::from(!up), x, t, tail) < 0.0
+    })
+}
+
+/// Localizes the deviation in a grid: causes and candidates, value ids in `key`.
+pub fn localize_grid_all(grid: &Grid, opts: &CoverOptions) -> Localized {
     let dims = grid.sizes.len().min(MAX_DIMS);
     if dims == 0 || grid.real.is_empty() {
-        return Vec::new();
+        return Localized::default();
     }
     let strides = grid.strides();
     let (cls, t, floor) = classify(grid, opts);
     let mut open: Vec<u32> = (0..cls.len() as u32)
-        .filter(|&i| cls[i as usize] >= UP)
+        .filter(|&i| cls[i as usize] >= LEAN_UP)
         .collect();
     let mut closed = vec![false; cls.len()];
     let mut found: Vec<Element> = Vec::new();
 
-    let mut masks: Vec<u8> = (1u8..(1u8 << dims)).collect();
+    let mut masks: Vec<Mask> = (1..(1 << dims)).collect();
     masks.sort_by_key(|m| (m.count_ones(), *m));
     let mut depth = 0;
     let mut layer_closed: Vec<(usize, Vec<(usize, u32)>)> = Vec::new();
-    // The noise's tail, measured per layer when the first pure element comes up
-    // (from the leaves still unexplained then).
-    let mut layer_tail: Option<Option<Tail>> = None;
+
     let leaves = cls.iter().filter(|&&c| c != NEUTRAL).count();
+    let mut unexplained = leaves;
+    // Every element of every cuboid is a test: noise should make `tail_false` false
+    // causes in all of them together.
+    let all_elements: usize = grid.sizes[..dims]
+        .iter()
+        .map(|&s| s as usize + 1)
+        .product::<usize>()
+        - 1;
+    let ln_m = (2.0 * all_elements as f64).ln() - opts.tail_false.ln();
+    let mut noise = Noise::default();
+    let mut tail = None;
+    // Fewest leaves an element needs to stand out with leaves that only lean.
+    let mut lean_needs = 0usize;
     for mask in masks {
         if mask.count_ones() != depth {
-            // New layer: close the leaves of what the previous one found.
+            // New layer: close the leaves of what the previous one found, and measure
+            // the noise on what is left.
             for (base, free) in layer_closed.drain(..) {
                 for_each_cell(base, &free, |i| {
+                    // Shares of the noise are over the leaves still unexplained.
+                    if !closed[i] && cls[i] != NEUTRAL {
+                        unexplained -= 1;
+                    }
                     closed[i] = true;
                     true
                 });
             }
             open.retain(|&i| !closed[i as usize]);
             depth = mask.count_ones();
-            layer_tail = None;
-        }
-        if open.is_empty() {
-            break;
+            if open.is_empty() {
+                break;
+            }
+            tail = Tail::measure(grid, floor, t, &open, unexplained, TAIL_MIN_LEAVES);
+            noise = Noise::measure(grid, floor, t, &open, unexplained);
+            // A leaf within t is at least as common as the share at t (or one leaf),
+            // so fewer than this many cannot stand out without leaves beyond t.
+            let one = 1.0 / noise.leaves.max(1.0);
+            lean_needs = (0..2)
+                .map(|d| {
+                    let ln_share = noise.share(d, t).max(one).min(1.0).ln();
+                    if ln_share < 0.0 {
+                        (ln_m / -ln_share).ceil() as usize
+                    } else {
+                        usize::MAX
+                    }
+                })
+                .min()
+                .unwrap_or(0);
         }
         let fixed: Vec<usize> = (0..dims).filter(|d| mask & (1 << d) != 0).collect();
         let free: Vec<(usize, u32)> = (0..dims)
@@ -367,66 +633,57 @@ pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
             .map(|d| (strides[d], grid.sizes[d]))
             .collect();
         let cells: usize = free.iter().map(|&(_, s)| s as usize).product();
-        let layer_elements: usize = fixed.iter().map(|&d| grid.sizes[d] as usize).product();
-        // Elements holding unexplained abnormal leaves, by their base cell.
-        let mut elems: FxHashMap<usize, u32> = FxHashMap::default();
-        for &i in &open {
+        let elements: usize = fixed.iter().map(|&d| grid.sizes[d] as usize).product();
+        // The elements to examine, by their base cell: those holding an unexplained
+        // leaf beyond t when too small to stand out by leaning leaves alone; else
+        // those holding an unexplained leaning leaf, taken from the leaves or, when
+        // the cuboid has fewer elements than there are such leaves, all of them (each
+        // stops at its first cells when impure; unexplained ones are checked below).
+        let base_of = |i: u32| -> usize {
             let i = i as usize;
-            let base: usize = fixed
+            fixed
                 .iter()
                 .map(|&d| (i / strides[d]) % grid.sizes[d] as usize * strides[d])
-                .sum();
-            *elems.entry(base).or_default() += 1;
-        }
-        let mut bases: Vec<usize> = elems.into_keys().collect();
-        bases.sort_unstable();
-        let max_normal = ((1.0 - opts.purity) * cells as f64).floor() as usize;
+                .sum()
+        };
+        let bases: Vec<usize> = if cells < lean_needs {
+            let mut b: Vec<usize> = open
+                .iter()
+                .filter(|&&i| cls[i as usize] >= UP)
+                .map(|&i| base_of(i))
+                .collect();
+            b.sort_unstable();
+            b.dedup();
+            b
+        } else if elements <= open.len() {
+            let radix: Vec<(usize, u32)> =
+                fixed.iter().map(|&d| (strides[d], grid.sizes[d])).collect();
+            let mut b = Vec::with_capacity(elements);
+            for_each_cell(0, &radix, |base| {
+                b.push(base);
+                true
+            });
+            b
+        } else {
+            let mut b: Vec<usize> = open.iter().map(|&i| base_of(i)).collect();
+            b.sort_unstable();
+            b.dedup();
+            b
+        };
+        let max_off = ((1.0 - opts.purity) * cells as f64).floor() as usize;
         for base in bases {
-            let (mut normal, mut up, mut down) = (0usize, 0usize, 0usize);
-            let (mut real, mut predict) = (0.0, 0.0);
-            for_each_cell(base, &free, |i| {
-                match cls[i] {
-                    NORMAL => normal += 1,
-                    UP => up += 1,
-                    DOWN => down += 1,
-                    _ => {}
-                }
-                real += grid.real[i];
-                predict += grid.predict[i];
-                normal <= max_normal
-            });
-            let nz = normal + up + down;
-            if normal > max_normal || nz == 0 {
+            let Some(tl) = tally(grid, &cls, &closed, base, &free, max_off) else {
+                continue;
+            };
+            let up = tl.up >= tl.down;
+            let leaning = tl.up.max(tl.down);
+            if tl.fresh == 0 || (leaning as f64) < opts.purity * tl.leaves as f64 {
                 continue;
             }
-            let purity = up.max(down) as f64 / nz as f64;
-            if purity < opts.purity {
+            if !stands_out(
+                grid, &closed, floor, t, base, &free, up, tl.leaves, ln_m, &noise, tail, opts,
+            ) {
                 continue;
-            }
-            // Noise with long tails makes pure elements of a few leaves too: unless
-            // the layer is too small for that, the weakest leaf must stand out of
-            // the tail (see `Tail`).
-            let tail = *layer_tail.get_or_insert_with(|| {
-                Tail::measure(grid, floor, t, &open, leaves, opts.max_causes)
-            });
-            if let Some(tail) = tail {
-                let abnormal = up.max(down);
-                let cut = tail.cut(abnormal, layer_elements, opts.tail_false);
-                if cut > 0.0 {
-                    let want = if up >= down { UP } else { DOWN };
-                    let mut weakest = f64::INFINITY;
-                    for_each_cell(base, &free, |i| {
-                        if cls[i] == want {
-                            if let Some(x) = rel_dev(grid, floor, i) {
-                                weakest = weakest.min(x.abs() - t);
-                            }
-                        }
-                        true
-                    });
-                    if weakest <= cut {
-                        continue;
-                    }
-                }
             }
             let mut key = [0u32; MAX_DIMS];
             for &d in &fixed {
@@ -434,33 +691,233 @@ pub fn localize_grid(grid: &Grid, opts: &CoverOptions) -> Vec<Element> {
             }
             found.push(Element {
                 implied: 0,
-                mask: super::Mask::from(mask),
+                mask,
                 key,
-                real,
-                predict,
-                volume: predict,
-                llr: purity,
+                real: tl.real,
+                predict: tl.predict,
+                volume: tl.predict,
+                llr: leaning as f64 / tl.leaves as f64,
                 score: 0.0,
             });
             layer_closed.push((base, free.clone()));
         }
     }
+    let pieces = merge_pieces(grid, &cls, &mut found, opts);
+    rank(found, pieces, opts)
+}
+
+/// Found elements `merge_pieces` pairs up, strongest first.
+const MERGE_CONSIDERED: usize = 32;
+
+/// The element both `a` and `b` hold (their values together), if they agree where
+/// both fix a dimension.
+fn intersection(a: &Element, b: &Element) -> Option<(Mask, [u32; MAX_DIMS])> {
+    let mut key = a.key;
+    for (d, k) in key.iter_mut().enumerate() {
+        let (in_a, in_b) = (a.mask & (1 << d) != 0, b.mask & (1 << d) != 0);
+        if in_a && in_b && a.key[d] != b.key[d] {
+            return None;
+        }
+        if in_b {
+            *k = b.key[d];
+        } else if !in_a {
+            *k = 0;
+        }
+    }
+    Some((a.mask | b.mask, key))
+}
+
+/// Cell base and free dimensions of an element.
+fn cells_of(grid: &Grid, mask: Mask, key: &[u32; MAX_DIMS]) -> (usize, Vec<(usize, u32)>) {
+    let strides = grid.strides();
+    let dims = grid.sizes.len().min(MAX_DIMS);
+    let base = (0..dims)
+        .filter(|d| mask & (1 << d) != 0)
+        .map(|d| key[d] as usize * strides[d])
+        .sum();
+    let free = (0..dims)
+        .filter(|d| mask & (1 << d) == 0)
+        .map(|d| (strides[d], grid.sizes[d]))
+        .collect();
+    (base, free)
+}
+
+/// Pieces of one cause: when two found elements of the same direction share an
+/// ancestor (the values they both fix) whose leaves lean that way at least
+/// `merge_purity`, the ancestor is the cause and the found elements within it are its
+/// pieces. The cause was missed whole because some of its leaves lean too little
+/// (real data: the deviation is uneven across a cause). Returns the pieces;
+/// `found` keeps the rest and gains the ancestors.
+fn merge_pieces(
+    grid: &Grid,
+    cls: &[u8],
+    found: &mut Vec<Element>,
+    opts: &CoverOptions,
+) -> Vec<Element> {
+    let up = |e: &Element| e.real >= e.predict;
+    // The strongest found elements only: pieces of a cause carry much of the deviation,
+    // and the pairs grow with the square.
+    let mut strongest: Vec<&Element> = found.iter().collect();
+    strongest.sort_by(|a, b| {
+        (b.real - b.predict)
+            .abs()
+            .total_cmp(&(a.real - a.predict).abs())
+    });
+    strongest.truncate(MERGE_CONSIDERED);
+    let mut parents: Vec<(Mask, [u32; MAX_DIMS], bool)> = Vec::new();
+    for (i, &a) in strongest.iter().enumerate() {
+        for &b in &strongest[i + 1..] {
+            if up(a) != up(b) {
+                continue;
+            }
+            let mut mask = a.mask & b.mask;
+            for d in 0..MAX_DIMS {
+                if mask & (1 << d) != 0 && a.key[d] != b.key[d] {
+                    mask &= !(1 << d);
+                }
+            }
+            if mask == 0 || mask == a.mask || mask == b.mask {
+                continue;
+            }
+            let mut key = [0u32; MAX_DIMS];
+            for (d, k) in key.iter_mut().enumerate() {
+                if mask & (1 << d) != 0 {
+                    *k = a.key[d];
+                }
+            }
+            if !parents.contains(&(mask, key, up(a))) {
+                parents.push((mask, key, up(a)));
+            }
+        }
+    }
+    // Shallowest ancestors first.
+    parents.sort_by_key(|p| (p.0.count_ones(), p.0, p.1));
+    let mut pieces = Vec::new();
+    // Cells of other found elements within the ancestor being judged (allocated
+    // when first needed).
+    let mut taken: Vec<bool> = Vec::new();
+    for (mask, key, dir_up) in parents {
+        let probe = Element {
+            implied: 0,
+            mask,
+            key,
+            real: 0.0,
+            predict: 0.0,
+            volume: 0.0,
+            llr: 0.0,
+            score: 0.0,
+        };
+        let inside: Vec<usize> = (0..found.len())
+            .filter(|&j| found[j].mask != mask && probe.overlaps(&found[j]))
+            .filter(|&j| found[j].mask & mask == mask && up(&found[j]) == dir_up)
+            .collect();
+        if inside.len() < 2 {
+            continue;
+        }
+        // Leaves of other found elements within the ancestor are theirs, not
+        // evidence that the ancestor leans.
+        let others: Vec<(usize, Vec<(usize, u32)>)> = (0..found.len())
+            .filter(|j| !inside.contains(j))
+            .filter_map(|j| intersection(&probe, &found[j]))
+            .map(|(m, k)| cells_of(grid, m, &k))
+            .collect();
+        if !others.is_empty() && taken.is_empty() {
+            taken = vec![false; cls.len()];
+        }
+        let mark = |taken: &mut [bool], on: bool| {
+            for (base, free) in &others {
+                for_each_cell(*base, free, |i| {
+                    taken[i] = on;
+                    true
+                });
+            }
+        };
+        mark(&mut taken, true);
+        let (base, free) = cells_of(grid, mask, &key);
+        let (mut n, mut leaning, mut real, mut predict) = (0usize, 0usize, 0.0, 0.0);
+        let want = if dir_up {
+            [UP, LEAN_UP]
+        } else {
+            [DOWN, LEAN_DOWN]
+        };
+        for_each_cell(base, &free, |i| {
+            if taken.get(i).copied().unwrap_or(false) {
+                return true;
+            }
+            if cls[i] != NEUTRAL {
+                n += 1;
+                leaning += usize::from(want.contains(&cls[i]));
+            }
+            real += grid.real[i];
+            predict += grid.predict[i];
+            true
+        });
+        mark(&mut taken, false);
+        if n == 0 || (leaning as f64) < opts.merge_purity * n as f64 {
+            continue;
+        }
+        let mut keep = Vec::new();
+        for (j, e) in found.drain(..).enumerate() {
+            if inside.contains(&j) {
+                pieces.push(e);
+            } else {
+                keep.push(e);
+            }
+        }
+        *found = keep;
+        found.push(Element {
+            implied: 0,
+            mask,
+            key,
+            real,
+            predict,
+            volume: predict,
+            llr: leaning as f64 / n as f64,
+            score: 0.0,
+        });
+    }
+    pieces
+}
+
+/// Scores (share of the found elements' total absolute deviation), orders best first
+/// and splits causes from candidates.
+fn rank(found: Vec<Element>, pieces: Vec<Element>, opts: &CoverOptions) -> Localized {
     let total: f64 = found.iter().map(|e| (e.real - e.predict).abs()).sum();
-    for e in &mut found {
-        e.score = if total > 0.0 {
+    let share = |e: &Element| {
+        if total > 0.0 {
             (e.real - e.predict).abs() / total
         } else {
             0.0
-        };
+        }
+    };
+    let order = |v: &mut Vec<Element>| {
+        for e in v.iter_mut() {
+            e.score = share(e);
+        }
+        v.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.mask.cmp(&b.mask))
+                .then(a.key.cmp(&b.key))
+        });
+    };
+    let mut found = found;
+    let mut pieces = pieces;
+    order(&mut found);
+    order(&mut pieces);
+    let (mut causes, mut candidates): (Vec<Element>, Vec<Element>) =
+        found.into_iter().partition(|e| e.score >= opts.min_share);
+    if causes.len() > opts.max_causes {
+        candidates.extend(causes.drain(opts.max_causes..));
     }
-    found.sort_by(|a, b| {
+    candidates.extend(pieces);
+    candidates.sort_by(|a, b| {
         b.score
             .total_cmp(&a.score)
             .then(a.mask.cmp(&b.mask))
             .then(a.key.cmp(&b.key))
     });
-    found.truncate(opts.max_causes);
-    found
+    Localized { causes, candidates }
 }
 
 #[cfg(test)]
@@ -524,7 +981,7 @@ mod tests {
         }
         let (cls, t, _) = classify(&g, &CoverOptions::default());
         assert!(t > 0.1 && t < 0.2, "threshold {t}");
-        assert!(cls[90..].iter().all(|&c| c == NORMAL));
+        assert!(cls[90..].iter().all(|&c| c < UP));
         assert!(cls[..90].iter().all(|&c| c == DOWN));
         let out = localize_grid(&g, &CoverOptions::default());
         assert_eq!(out.len(), 1, "{out:?}");
@@ -572,6 +1029,65 @@ mod tests {
             vec![(0b001, [3, 0, 0]), (0b111, [7, 4, 11])],
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn pieces_of_an_uneven_cause_become_candidates() {
+        // a = 1 rises 3x on 17 of its 20 leaves (three leaves of b = 3 stay flat), so
+        // a = 1 is not pure and its pure pieces, (a1, b0..b2) and (a1, c0), (a1, c1),
+        // come up first; together they make a = 1 the cause.
+        let sizes = [3u32, 4, 5];
+        let mut g = Grid::new(&sizes);
+        for a in 0..3u32 {
+            for b in 0..4u32 {
+                for c in 0..5u32 {
+                    let i = g.index(&[a, b, c]);
+                    let p = 10.0 + f64::from(c);
+                    let up = a == 1 && (b < 3 || c < 2);
+                    g.predict[i] = p;
+                    g.real[i] = if up { 3.0 * p } else { p };
+                }
+            }
+        }
+        let out = localize_grid_all(&g, &CoverOptions::default());
+        let got: Vec<(Mask, u32)> = out.causes.iter().map(|e| (e.mask, e.key[0])).collect();
+        assert_eq!(got, vec![(0b001, 1)], "{out:?}");
+        assert_eq!(out.candidates.len(), 5, "{out:?}");
+        assert!(out
+            .candidates
+            .iter()
+            .all(|e| e.mask & 0b001 != 0 && e.key[0] == 1 && e.mask != 0b001));
+        assert!(out.candidates.iter().all(|e| e.score < out.causes[0].score));
+    }
+
+    #[test]
+    fn weak_and_surplus_elements_are_candidates() {
+        let el = |k: u32, dev: f64| Element {
+            implied: 0,
+            mask: 0b1,
+            key: {
+                let mut key = [0; MAX_DIMS];
+                key[0] = k;
+                key
+            },
+            real: 100.0 + dev,
+            predict: 100.0,
+            volume: 100.0,
+            llr: 1.0,
+            score: 0.0,
+        };
+        let opts = CoverOptions {
+            max_causes: 2,
+            min_share: 0.05,
+            ..CoverOptions::default()
+        };
+        let found = vec![el(0, 10.0), el(1, 50.0), el(2, 1.0), el(3, 30.0)];
+        let out = rank(found, vec![el(4, 5.0)], &opts);
+        let keys = |v: &[Element]| v.iter().map(|e| e.key[0]).collect::<Vec<_>>();
+        // Shares 50/91, 30/91, 10/91, 1/91: two causes, the third past max_causes, the
+        // fourth below min_share, and the piece: all candidates, best first.
+        assert_eq!(keys(&out.causes), vec![1, 3]);
+        assert_eq!(keys(&out.candidates), vec![0, 4, 2]);
     }
 
     #[test]

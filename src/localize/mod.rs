@@ -541,8 +541,23 @@ fn preference(a: &Element, b: &Element, derived: Mask) -> std::cmp::Ordering {
 
 /// Log-odds by which the rest of an element's children must fit the
 /// baseline better than its failing children's lift before those children
-/// replace it (about 20 to 1).
-const HEALTHY_LLR: f64 = 3.0;
+/// replace it (about 1000 to 1: a rest of a few events with no failures by
+/// chance, out of every dimension tried at every step, must not refute it).
+const HEALTHY_LLR: f64 = 7.0;
+
+/// Whether the rest of an element (`rest_real` observed where `rest_predict`
+/// was expected) fits the baseline better than the lift its failing part
+/// shows (`bad_real` against `bad_predict`), by odds of at least
+/// e^[`HEALTHY_LLR`]: the Poisson log-likelihood ratio of "lifted like the
+/// failing part" over "as expected". A rest failing like the others, or too
+/// small to tell either way, is not shown healthy.
+pub fn rest_is_healthy(bad_real: f64, bad_predict: f64, rest_real: f64, rest_predict: f64) -> bool {
+    if bad_real <= 0.0 || bad_predict <= 0.0 {
+        return false;
+    }
+    let k = bad_real / bad_predict;
+    rest_real.max(0.0) * k.ln() - (k - 1.0) * rest_predict.max(0.0) <= -HEALTHY_LLR
+}
 
 /// Elements with their leaves.
 type Parts = Vec<(Element, Vec<u32>)>;
@@ -619,8 +634,7 @@ impl Search<'_> {
             // odds of at least e^HEALTHY_LLR. A rest failing like the others
             // (children only too small to pass on their own), or too small to
             // tell either way, leaves the element itself as the cause.
-            let k = bad.real / bad.predict;
-            if rest.real * k.ln() - (k - 1.0) * rest.predict > -HEALTHY_LLR {
+            if !rest_is_healthy(bad.real, bad.predict, rest.real, rest.predict) {
                 continue;
             }
             // A healthy rest refutes the element (it claims those children
@@ -723,6 +737,40 @@ mod tests {
         assert!(found.contains(&vec![(0, 1)]), "{found:?}");
         assert!(found.contains(&vec![(1, 4), (2, 9)]), "{found:?}");
         assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn a_small_child_spared_by_chance_does_not_split_its_parent() {
+        // Provider 2 fails at 50 % on every brand; its sixth, small brand saw
+        // 8 auths and no failure (0.4 % likely at 50 %). That is no evidence
+        // the provider is healthy there: one cause, the provider, not five
+        // brands.
+        let mut leaves = grid(&[6, 6], &[(&[(0, 2)], 0.5)]);
+        for l in &mut leaves {
+            if l.key[0] == 2 && l.key[1] == 6 {
+                l.volume = 8.0;
+                l.predict = 0.08;
+                l.real = 0.0;
+            }
+        }
+        let loc = localize(2, &leaves, &criteria(), &Limits::default());
+        let found: Vec<_> = loc.causes.iter().map(dims_of).collect();
+        assert_eq!(found, vec![vec![(0, 2)]]);
+        // A healthy brand of real size does refute the provider.
+        for l in &mut leaves {
+            if l.key[0] == 2 && l.key[1] == 6 {
+                l.volume = 200.0;
+                l.predict = 2.0;
+                l.real = 2.0;
+            }
+        }
+        let loc = localize(2, &leaves, &criteria(), &Limits::default());
+        let found: Vec<_> = loc.causes.iter().map(dims_of).collect();
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert!(
+            found.iter().all(|f| f.len() == 2 && f[0] == (0, 2)),
+            "{found:?}"
+        );
     }
 
     #[test]

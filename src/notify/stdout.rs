@@ -91,6 +91,9 @@ fn card(what: &str, i: &Incident) -> String {
             let _ = writeln!(s, "    {}", line.trim_end());
         }
     }
+    if let Some(url) = &i.episode.url {
+        let _ = writeln!(s, "  page:       {url}");
+    }
     if !i.links.is_empty() {
         let _ = writeln!(s, "  links:");
         for l in &i.links {
@@ -102,8 +105,14 @@ fn card(what: &str, i: &Incident) -> String {
 }
 
 fn update_line(i: &Incident) -> String {
+    let page = i
+        .episode
+        .url
+        .as_deref()
+        .map(|u| format!(" {u}"))
+        .unwrap_or_default();
     format!(
-        "[{}] UPDATED {} ({}): {}\n",
+        "[{}] UPDATED {} ({}): {}{page}\n",
         i.severity.as_str(),
         i.id,
         i.rule,
@@ -199,6 +208,17 @@ mod tests {
         );
         assert!(
             out.contains("    Auth: https://grafana.example.com/d/x"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("page:"),
+            "no page without a public URL: {out}"
+        );
+        inc.episode.url = Some("https://faultline.example.com/ui/incidents/inc_1".into());
+        n.notify(&Transition::Opened(inc.clone())).await.unwrap();
+        let out = buf.take();
+        assert!(
+            out.contains("  page:       https://faultline.example.com/ui/incidents/inc_1\n"),
             "{out}"
         );
 

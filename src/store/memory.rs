@@ -434,6 +434,7 @@ pub(crate) mod fixtures {
             }],
             prompt_version: None,
             candidates: Vec::new(),
+            episode: Default::default(),
         }
     }
 }

@@ -8,7 +8,10 @@
 //! falls back to it.
 
 pub mod llm;
+mod next;
 mod template;
+
+pub use next::next_step;
 
 pub use template::template;
 
@@ -16,7 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::incident::{Incident, Link, RootCause, Status, SummarySource, TimeRange};
+use crate::incident::{Episode, Incident, Link, RootCause, Status, SummarySource, TimeRange};
 use crate::redact;
 use crate::rules::{Detector, Rule, Severity};
 
@@ -52,6 +55,12 @@ pub struct Facts {
     pub links: Vec<Link>,
     /// Runbook URL, from the rule.
     pub runbook: Option<String>,
+    /// The episode's numbers: began, current, peak, impact, error codes
+    /// (codes redacted; no page link, the outputs add it).
+    pub episode: Episode,
+    /// What to check next, from the cause's shape, its error codes and the
+    /// rule's own text ([`next_step`]); never from a model.
+    pub next_step: Option<String>,
 }
 
 impl Facts {
@@ -70,7 +79,7 @@ impl Facts {
                 c
             })
             .collect();
-        Facts {
+        let facts = Facts {
             incident_id: incident.id.clone(),
             rule: incident.rule.clone(),
             description: redact::redact_all(&rule.description).into_owned(),
@@ -85,7 +94,19 @@ impl Facts {
             root_causes,
             links: incident.links.clone(),
             runbook: rule.runbook.clone(),
+            episode: Episode::default(),
+            next_step: None,
+        };
+        let mut episode = incident.episode.clone();
+        episode.url = None;
+        for c in &mut episode.error_codes {
+            if let std::borrow::Cow::Owned(r) = redact::redact_all(&c.code) {
+                c.code = r;
+            }
         }
+        let mut facts = Facts { episode, ..facts };
+        facts.next_step = next_step(&facts);
+        facts
     }
 }
 

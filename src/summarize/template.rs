@@ -37,14 +37,41 @@ pub fn template(facts: &Facts) -> Summary {
 fn rate(f: &Facts) -> (String, String) {
     let rule = rule_label(&f.rule);
     let cause = f.root_causes.first();
-    let title = match cause {
-        Some(c) => format!(
+    let ep = &f.episode;
+    let told = match (cause, &ep.current, &ep.peak, &ep.impact) {
+        (Some(c), Some(cur), Some(peak), Some(imp)) => Some((c, cur, peak, imp)),
+        _ => None,
+    };
+    let title = match (told, cause) {
+        (Some((c, cur, peak, imp)), _) => {
+            let excess = approx(imp.excess_failures.unwrap_or(0.0));
+            if f.status == Status::Resolved {
+                format!(
+                    "{}: {rule} peaked at {} (baseline {}), {excess} failed beyond normal over {}",
+                    element(&c.dims),
+                    pct(rate_of(peak)),
+                    pct(peak.baseline_rate.unwrap_or(0.0)),
+                    dur(lasted(f))
+                )
+            } else {
+                format!(
+                    "{}: {rule} {} failing (peak {} at {}, baseline {}), since {}, {excess} failed beyond normal",
+                    element(&c.dims),
+                    pct(rate_of(cur)),
+                    pct(rate_of(peak)),
+                    clock(peak.window.end),
+                    pct(cur.baseline_rate.unwrap_or(0.0)),
+                    clock(began(f))
+                )
+            }
+        }
+        (None, Some(c)) => format!(
             "{}: {rule} {} (baseline {})",
             element(&c.dims),
             pct(c.failure_rate),
             pct(c.baseline_rate)
         ),
-        None => format!("{rule} above baseline"),
+        (None, None) => format!("{rule} above baseline"),
     };
     let mut s = String::new();
     what_line(&mut s, f);
@@ -52,26 +79,54 @@ fn rate(f: &Facts) -> (String, String) {
         where_line(&mut s, c, "failures");
     }
     since_lines(&mut s, f);
-    if let Some(c) = cause {
-        let lift = fold(c.failure_rate, c.baseline_rate)
-            .map(|x| format!(" ({x} normal)"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "Rate: {} failing now vs {} baseline{lift}.",
-            pct(c.failure_rate),
-            pct(c.baseline_rate)
-        );
-        let excess = (c.failures as f64 - c.expected_failures).max(0.0);
-        let _ = writeln!(
-            s,
-            "Volume: {} events, {} failures, {} more than the {} expected.",
-            count(c.events),
-            count(c.failures),
-            approx(excess),
-            approx(c.expected_failures)
-        );
+    match told {
+        Some((_, cur, peak, imp)) => {
+            if f.status != Status::Resolved {
+                let lift = fold(rate_of(cur), cur.baseline_rate.unwrap_or(0.0))
+                    .map(|x| format!(" ({x} normal)"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "Now: {} failing vs {} baseline{lift}, {} of {} in the latest window.",
+                    pct(rate_of(cur)),
+                    pct(cur.baseline_rate.unwrap_or(0.0)),
+                    count(cur.failures.unwrap_or(0)),
+                    count(cur.events)
+                );
+            }
+            let _ = writeln!(
+                s,
+                "Peak: {} at {} ({} of {} in the window {}).",
+                pct(rate_of(peak)),
+                clock(peak.window.end),
+                count(peak.failures.unwrap_or(0)),
+                count(peak.events),
+                range(peak.window.start, peak.window.end)
+            );
+            let _ = writeln!(
+                s,
+                "Impact: {} events, {} failures, {} beyond the {} expected.",
+                count(imp.events),
+                count(imp.failures.unwrap_or(0)),
+                approx(imp.excess_failures.unwrap_or(0.0)),
+                approx(imp.expected_failures.unwrap_or(0.0))
+            );
+            if f.status == Status::Resolved {
+                let _ = writeln!(
+                    s,
+                    "Ended: {} failing in the last window (baseline {}).",
+                    pct(rate_of(cur)),
+                    pct(cur.baseline_rate.unwrap_or(0.0))
+                );
+            }
+        }
+        None => {
+            if let Some(c) = cause {
+                legacy_rate_lines(&mut s, c);
+            }
+        }
     }
+    codes_line(&mut s, f);
     let others: Vec<String> = f
         .root_causes
         .iter()
@@ -89,33 +144,108 @@ fn rate(f: &Facts) -> (String, String) {
         })
         .collect();
     candidates_line(&mut s, &others);
+    next_line(&mut s, f);
     runbook_line(&mut s, f);
     (title, s.trim_end().to_string())
 }
 
+/// The rate lines of an incident without episode numbers (one stored before
+/// they existed): the latest window's evidence.
+fn legacy_rate_lines(s: &mut String, c: &RootCause) {
+    let lift = fold(c.failure_rate, c.baseline_rate)
+        .map(|x| format!(" ({x} normal)"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "Rate: {} failing in the latest window vs {} baseline{lift}.",
+        pct(c.failure_rate),
+        pct(c.baseline_rate)
+    );
+    let excess = (c.failures as f64 - c.expected_failures).max(0.0);
+    let _ = writeln!(
+        s,
+        "Volume: {} events, {} failures, {} more than the {} expected.",
+        count(c.events),
+        count(c.failures),
+        approx(excess),
+        approx(c.expected_failures)
+    );
+}
+
+fn rate_of(r: &crate::incident::Reading) -> f64 {
+    r.failure_rate.unwrap_or(0.0)
+}
+
+fn share_of(r: &crate::incident::Reading) -> f64 {
+    r.share.unwrap_or(0.0)
+}
+
+/// When the episode began: `began_at`, else the opening.
+fn began(f: &Facts) -> DateTime<Utc> {
+    f.episode.began_at.unwrap_or(f.opened_at)
+}
+
+/// Seconds from the episode's beginning to its resolution (or last update).
+fn lasted(f: &Facts) -> i64 {
+    f.resolved_at
+        .unwrap_or(f.updated_at)
+        .signed_duration_since(began(f))
+        .num_seconds()
+}
+
 fn volume(f: &Facts) -> (String, String) {
     let cause = f.root_causes.first();
+    let ep = &f.episode;
     let window = dur(f
         .window
         .end
         .signed_duration_since(f.window.start)
         .num_seconds());
-    let drop = |c: &RootCause| {
-        let from = if c.dims.is_empty() {
+    let from = |c: &RootCause| {
+        if c.dims.is_empty() {
             String::new()
         } else {
             format!(" from {}", element(&c.dims))
-        };
+        }
+    };
+    let drop = |c: &RootCause| {
         format!(
-            "{} events{from} dropped to {} in the last {window} (expected {})",
+            "{} events{} dropped to {} in the last {window} (expected {})",
             f.kind,
+            from(c),
             count(c.events),
             approx(expected_events(c))
         )
     };
-    let title = match cause {
-        Some(c) => drop(c),
-        None => format!("{} events dropped below normal", f.kind),
+    let told = match (cause, &ep.current, &ep.peak, &ep.impact) {
+        (Some(c), Some(cur), Some(peak), Some(imp)) => Some((c, cur, peak, imp)),
+        _ => None,
+    };
+    let title = match (told, cause) {
+        (Some((c, cur, peak, imp)), _) => {
+            let missing = approx(imp.missing_events.unwrap_or(0.0));
+            if f.status == Status::Resolved {
+                format!(
+                    "{} events{} fell to {} of normal, {missing} missing over {}",
+                    f.kind,
+                    from(c),
+                    pct(share_of(peak)),
+                    dur(lasted(f))
+                )
+            } else {
+                format!(
+                    "{} events{} at {} of normal (lowest {} at {}), since {}, {missing} missing",
+                    f.kind,
+                    from(c),
+                    pct(share_of(cur)),
+                    pct(share_of(peak)),
+                    clock(peak.window.end),
+                    clock(began(f))
+                )
+            }
+        }
+        (None, Some(c)) => drop(c),
+        (None, None) => format!("{} events dropped below normal", f.kind),
     };
     let mut s = String::new();
     what_line(&mut s, f);
@@ -123,19 +253,56 @@ fn volume(f: &Facts) -> (String, String) {
         where_line(&mut s, c, "missing events");
     }
     since_lines(&mut s, f);
-    if let Some(c) = cause {
-        let expected = expected_events(c);
-        let share = if expected > 0.0 {
-            format!(", {} of normal", pct(c.events as f64 / expected))
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            s,
-            "Volume: {} events in the last {window}, {} expected{share}.",
-            count(c.events),
-            approx(expected)
-        );
+    match told {
+        Some((_, cur, peak, imp)) => {
+            if f.status != Status::Resolved {
+                let _ = writeln!(
+                    s,
+                    "Now: {} events in the latest {window}, {} expected, {} of normal.",
+                    count(cur.events),
+                    approx(cur.expected_events.unwrap_or(0.0)),
+                    pct(share_of(cur))
+                );
+            }
+            let _ = writeln!(
+                s,
+                "Lowest: {} of normal at {} ({} events, {} expected).",
+                pct(share_of(peak)),
+                clock(peak.window.end),
+                count(peak.events),
+                approx(peak.expected_events.unwrap_or(0.0))
+            );
+            let _ = writeln!(
+                s,
+                "Impact: {} events, {} expected, {} missing.",
+                count(imp.events),
+                approx(imp.expected_events.unwrap_or(0.0)),
+                approx(imp.missing_events.unwrap_or(0.0))
+            );
+            if f.status == Status::Resolved {
+                let _ = writeln!(
+                    s,
+                    "Ended: {} of normal in the last window.",
+                    pct(share_of(cur))
+                );
+            }
+        }
+        None => {
+            if let Some(c) = cause {
+                let expected = expected_events(c);
+                let share = if expected > 0.0 {
+                    format!(", {} of normal", pct(c.events as f64 / expected))
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    s,
+                    "Volume: {} events in the last {window}, {} expected{share}.",
+                    count(c.events),
+                    approx(expected)
+                );
+            }
+        }
     }
     let others: Vec<String> = f
         .root_causes
@@ -152,8 +319,28 @@ fn volume(f: &Facts) -> (String, String) {
         })
         .collect();
     candidates_line(&mut s, &others);
+    next_line(&mut s, f);
     runbook_line(&mut s, f);
     (title, s.trim_end().to_string())
+}
+
+fn codes_line(s: &mut String, f: &Facts) {
+    let codes: Vec<String> = f
+        .episode
+        .error_codes
+        .iter()
+        .take(3)
+        .map(|c| format!("{} {}", redact::redact_all(&c.code), pct(c.share)))
+        .collect();
+    if !codes.is_empty() {
+        let _ = writeln!(s, "Error codes: {}.", codes.join(", "));
+    }
+}
+
+fn next_line(s: &mut String, f: &Facts) {
+    if let Some(n) = &f.next_step {
+        let _ = writeln!(s, "Check next: {n}");
+    }
 }
 
 fn expected_events(c: &RootCause) -> f64 {
@@ -200,24 +387,30 @@ fn since_lines(s: &mut String, f: &Facts) {
         .end
         .signed_duration_since(f.window.start)
         .num_seconds();
-    let _ = writeln!(
-        s,
-        "Since: {} (latest window {}, {}).",
-        time(f.opened_at),
-        range(f.window.start, f.window.end),
-        dur(secs)
-    );
+    match f.episode.began_at {
+        Some(b) => {
+            let _ = writeln!(s, "Began: {} (opened {}).", time(b), time(f.opened_at));
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "Since: {} (latest window {}, {}).",
+                time(f.opened_at),
+                range(f.window.start, f.window.end),
+                dur(secs)
+            );
+        }
+    }
     if f.status == Status::Resolved {
         if let Some(at) = f.resolved_at {
-            let lasted = at.signed_duration_since(f.opened_at).num_seconds();
-            let _ = writeln!(s, "Resolved: {} after {}.", time(at), dur(lasted));
+            let _ = writeln!(s, "Resolved: {} after {}.", time(at), dur(lasted(f)));
         }
     }
 }
 
 fn candidates_line(s: &mut String, others: &[String]) {
     if !others.is_empty() {
-        let _ = writeln!(s, "Other candidates: {}.", others.join("; "));
+        let _ = writeln!(s, "Also failing: {}.", others.join("; "));
     }
 }
 
@@ -357,6 +550,11 @@ fn dur(secs: i64) -> String {
     out
 }
 
+/// `00:24` (UTC).
+fn clock(t: DateTime<Utc>) -> String {
+    t.format("%H:%M").to_string()
+}
+
 fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
@@ -423,6 +621,7 @@ mod tests {
             }],
             prompt_version: None,
             candidates: Vec::new(),
+            episode: Default::default(),
         };
         Facts::new(&inc, &compiled.rule)
     }
@@ -476,7 +675,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("Rate: 40.4% failing now vs 0.51% baseline (79x normal)."),
+            text.contains(
+                "Rate: 40.4% failing in the latest window vs 0.51% baseline (79x normal)."
+            ),
             "{text}"
         );
         assert!(
@@ -484,9 +685,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(
-                "Other candidates: stripe, BIN 414720 34.4% vs 0.5% (310 of 900 failed)."
-            ),
+            text.contains("Also failing: stripe, BIN 414720 34.4% vs 0.5% (310 of 900 failed)."),
             "{text}"
         );
         assert!(
@@ -520,6 +719,144 @@ mod tests {
             "{}",
             s.summary
         );
+    }
+
+    /// An auth outage of stripe in us-west-2 told by the engine's episode
+    /// numbers at three moments: when it opened, one update later (worse),
+    /// and once it resolved.
+    fn episode_stages() -> Vec<(&'static str, Facts)> {
+        use crate::incident::{Episode, StepCounts};
+        let step = |events: u64, failures: u64, code: u64| StepCounts {
+            events,
+            failures,
+            expected: events as f64 * 0.005,
+            codes: vec![
+                ("provider_5xx".into(), code, 0.0),
+                ("timeout".into(), failures - code, events as f64 * 0.005),
+            ],
+        };
+        let rules = RuleSet::embedded();
+        let rule = &rules.get("auth_technical_failures").unwrap().rule;
+        let stripe = [("provider", "stripe"), ("region", "us-west-2")];
+        let shape = (15_000, 120_000);
+        let mut ep = Episode::default();
+        // The window at opening: four quiet steps, then four failing.
+        let mut window: Vec<StepCounts> = (0..4).map(|_| step(520, 3, 0)).collect();
+        window.extend((0..4).map(|_| step(525, 212, 190)));
+        let opened = vec![cause(&stripe, 4180, 860, 0.2057, 0.005)];
+        ep.advance(T0, shape, &window, &opened, false);
+        let mut out = Vec::new();
+        let mut f = facts("auth_technical_failures", opened, 120_000);
+        f.episode = ep.clone();
+        f.next_step = super::super::next_step(&f);
+        out.push(("open", f));
+        // Four steps later the window is full of the outage, and worse.
+        let worse = vec![cause(&stripe, 4240, 1917, 0.4521, 0.005)];
+        for k in 1..=4 {
+            ep.advance(
+                T0 + k * 15_000,
+                shape,
+                &[step(530, 240, 214)],
+                &worse,
+                false,
+            );
+        }
+        let mut inc_facts = facts("auth_technical_failures", worse, 120_000);
+        inc_facts.updated_at = ts(T0 + 60_000);
+        inc_facts.window = TimeRange {
+            start: ts(T0 + 60_000 - 120_000),
+            end: ts(T0 + 60_000),
+        };
+        inc_facts.episode = ep.clone();
+        inc_facts.next_step = super::super::next_step(&inc_facts);
+        out.push(("updated", inc_facts));
+        // It ends: failures back to the baseline; resolved eight steps on.
+        let calm = vec![cause(&stripe, 4200, 25, 0.006, 0.005)];
+        for k in 5..=20 {
+            let fails = if k <= 12 { 200 } else { 3 };
+            ep.advance(
+                T0 + k * 15_000,
+                shape,
+                &[step(525, fails, fails.min(180))],
+                &calm,
+                false,
+            );
+        }
+        let mut done = facts("auth_technical_failures", calm, 120_000);
+        done.status = Status::Resolved;
+        done.updated_at = ts(T0 + 300_000);
+        done.resolved_at = Some(ts(T0 + 300_000));
+        done.episode = ep;
+        done.next_step = super::super::next_step(&done);
+        let _ = rule;
+        out.push(("resolved", done));
+        out
+    }
+
+    /// Golden files of the open, updated and resolved summaries
+    /// (`tests/golden/summary/*.txt`); `UPDATE_GOLDEN=1` rewrites them.
+    #[test]
+    fn golden_summaries_open_updated_resolved() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/summary");
+        for (name, f) in episode_stages() {
+            let s = template(&f);
+            let text = format!("{}\n\n{}\n", s.title, s.summary);
+            let path = dir.join(format!("{name}.txt"));
+            if std::env::var_os("UPDATE_GOLDEN").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &text).unwrap();
+            }
+            let want = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+            assert_eq!(text, want, "{name} summary differs from {}", path.display());
+        }
+    }
+
+    /// Every number in a title or summary is one of the incident's fields:
+    /// the LLM validator's faithfulness check accepts the template's text.
+    #[test]
+    fn every_number_of_the_episode_summaries_traces_to_a_field() {
+        use crate::summarize::llm::{prompt::PromptFacts, validate};
+        for (name, f) in episode_stages() {
+            let s = template(&f);
+            let pf = PromptFacts::from_facts(&f);
+            let answer = serde_json::json!({
+                "title": s.title.chars().take(validate::MAX_TITLE).collect::<String>(),
+                "summary": s
+                    .summary
+                    .lines()
+                    .filter(|l| !["Check next", "What:", "Runbook:"].iter().any(|p| l.starts_with(p)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .chars()
+                    .take(validate::MAX_SUMMARY)
+                    .collect::<String>(),
+                "impact": "See the counts above.",
+                "root_cause": {"candidate_ids": ["c1"], "assessment": "c1 holds the failures.", "confidence": "high"},
+                "next_checks": []
+            });
+            let r = validate::validate(&answer.to_string(), &f, &pf);
+            assert!(r.is_ok(), "{name}: {r:?}\n{}\n{}", s.title, s.summary);
+            // A peak or an impact the facts do not hold is refused.
+            for invented in [
+                "It peaked at 97.3% at 00:24.",
+                "It cost 51,234 failed payments.",
+            ] {
+                let mut bad = answer.clone();
+                bad["impact"] = serde_json::json!(invented);
+                let r = validate::validate(&bad.to_string(), &f, &pf);
+                assert!(r.is_err(), "{name}: `{invented}` passed");
+            }
+        }
+    }
+
+    #[test]
+    fn a_resolved_summary_never_says_now() {
+        let (_, f) = episode_stages().pop().unwrap();
+        let s = template(&f);
+        let text = format!("{} {}", s.title, s.summary).to_lowercase();
+        assert!(!text.contains("now"), "{text}");
+        assert!(s.title.contains("peaked at"), "{}", s.title);
     }
 
     #[test]

@@ -130,14 +130,18 @@
     }
   }
 
-  function chart(series) {
+  // Markers: [{at, label}] drawn as vertical lines (began, opened, resolved).
+  function chart(series, markers) {
     const pts = (series || []).filter((p) => typeof p.value === "number" && typeof p.baseline === "number" && isFinite(p.value) && isFinite(p.baseline));
     const W = 640, H = 240, L = 56, R = 12, T = 12, B = 28;
     const root = svg("svg", { class: "chart", id: "chart", viewBox: "0 0 " + W + " " + H, role: "img" });
     root.append(svg("title", {}, "Failure rate and baseline per step"));
     if (pts.length === 0) { root.append(svg("text", { x: L, y: H / 2 }, "No series yet")); return root; }
     const times = pts.map((p) => Date.parse(p.at));
-    const t0 = Math.min(...times), t1 = Math.max(...times);
+    const marks = (markers || []).filter((m) => m && m.at).map((m) => ({ t: Date.parse(m.at), label: m.label })).filter((m) => isFinite(m.t));
+    // Start a step or more before the first marker: the "before" to compare with.
+    const step = times.length > 1 ? (times[times.length - 1] - times[0]) / (times.length - 1) : 60000;
+    const t0 = Math.min(...times, ...marks.map((m) => m.t - step)), t1 = Math.max(...times, ...marks.map((m) => m.t));
     const ymax = Math.max(1e-9, ...pts.map((p) => Math.max(p.value, p.baseline))) * 1.1;
     const x = (t) => L + (t1 === t0 ? (W - L - R) / 2 : (t - t0) / (t1 - t0) * (W - L - R));
     const y = (v) => T + (1 - v / ymax) * (H - T - B);
@@ -156,6 +160,14 @@
       if (dash) attrs["stroke-dasharray"] = "5 4";
       root.append(svg("polyline", attrs));
     };
+    // The baseline band: what normal looks like, under the baseline line.
+    const band = pts.map((p, i) => x(times[i]).toFixed(1) + "," + y(p.baseline).toFixed(1));
+    band.push(x(times[times.length - 1]).toFixed(1) + "," + y(0).toFixed(1), x(times[0]).toFixed(1) + "," + y(0).toFixed(1));
+    root.append(svg("polygon", { points: band.join(" "), fill: "#e5e7eb", opacity: 0.6, class: "baseline-band" }));
+    for (const m of marks) {
+      root.append(svg("line", { x1: x(m.t), x2: x(m.t), y1: T, y2: H - B, stroke: "#1f2937", "stroke-dasharray": "2 3", class: "marker" }));
+      root.append(svg("text", { x: x(m.t) + 3, y: T + 10, "font-size": 10, fill: "#1f2937" }, m.label));
+    }
     line("baseline", "#6b7280", true, "baseline");
     line("value", "#b42318", false, "rate");
     return root;
@@ -192,6 +204,7 @@
       rec.resolved_at ? el("span", {}, "resolved " + rec.resolved_at) : null));
     app.append(el("div", { class: "actions" }, ackBtn, resBtn), status);
     app.append(el("h2", {}, "Summary"), el("p", { class: "summary", id: "summary" }, rec.summary || ""));
+    app.append(el("h2", {}, "Episode"), episode(rec));
 
     app.append(el("h2", {}, "Root causes"));
     const table = el("table", { id: "root-causes" },
@@ -206,7 +219,8 @@
     table.append(tb);
     app.append(el("div", { class: "scroll" }, table));
 
-    app.append(el("h2", {}, "Failure rate vs baseline"), chart(rec.series),
+    const markers = [{ at: rec.began_at, label: "began" }, { at: rec.opened_at, label: "opened" }, { at: rec.resolved_at, label: "resolved" }];
+    app.append(el("h2", {}, "Failure rate vs baseline"), chart(rec.series, markers),
       el("div", { class: "legend" }, el("span", { class: "rate" }, "observed"), el("span", { class: "baseline" }, "baseline")));
 
     const links = el("ul", { id: "links" });
@@ -223,9 +237,41 @@
     app.append(el("h2", {}, "Timeline"), tl);
   }
 
+  // The episode's numbers: began, now, peak, impact, error codes, who acknowledged.
+  function episode(rec) {
+    const rows = el("dl", { class: "episode", id: "episode" });
+    const row = (k, v) => { if (v) rows.append(el("dt", {}, k), el("dd", {}, v)); };
+    const reading = (r) => {
+      if (!r) return null;
+      const at = r.window && r.window.end ? " at " + String(r.window.end).slice(11, 16) + "Z" : "";
+      if (typeof r.failure_rate === "number") return pct(r.failure_rate) + " (" + num(r.failures) + " of " + num(r.events) + ", baseline " + pct(r.baseline_rate) + ")" + at;
+      if (typeof r.share === "number") return pct(r.share) + " of normal (" + num(r.events) + " of " + num(r.expected_events) + " expected)" + at;
+      return null;
+    };
+    row("began", rec.began_at || null);
+    if (rec.status !== "resolved") row("now", reading(rec.current));
+    row(rec.peak && typeof rec.peak.share === "number" ? "lowest" : "peak", reading(rec.peak));
+    const imp = rec.impact;
+    if (imp) {
+      row("impact", typeof imp.excess_failures === "number"
+        ? num(imp.excess_failures) + " failures beyond normal (" + num(imp.failures) + " of " + num(imp.events) + " failed)"
+        : num(imp.missing_events) + " events missing (" + num(imp.events) + " of " + num(imp.expected_events) + ")");
+    }
+    row("error codes", (rec.error_codes || []).map((c) => c.code + " " + pct(c.share)).join(", ") || null);
+    const ack = (rec.timeline || []).filter((e) => e.what === "acknowledged").pop();
+    row("acknowledged", ack ? ack.at + " by " + ack.by : null);
+    return rows;
+  }
+
   async function incidentPage() {
     const id = document.body.getAttribute("data-incident-id") || "";
-    incidentView(await api("/incidents/" + encodeURIComponent(id)));
+    const load = async () => {
+      const rec = await api("/incidents/" + encodeURIComponent(id));
+      incidentView(rec);
+      // While it is open the numbers move: refresh them.
+      if (rec.status !== "resolved") setTimeout(() => load().catch(fail), 15000);
+    };
+    await load();
   }
 
   function start() {

@@ -189,6 +189,54 @@ fn volume_text(c: &RootCause) -> String {
     }
 }
 
+/// The failure-rate field from the episode: now (while open) and peak, or
+/// for volume rules the share of normal. `None` without episode numbers.
+fn episode_rate_text(inc: &Incident) -> Option<String> {
+    let ep = &inc.episode;
+    let peak = ep.peak.as_ref()?;
+    let open = inc.status != Status::Resolved;
+    let at = peak.window.end.format("%H:%M");
+    Some(match (peak.failure_rate, peak.share) {
+        (Some(p), _) => {
+            let base = pct(peak.baseline_rate.unwrap_or(0.0));
+            match ep
+                .current
+                .as_ref()
+                .and_then(|c| c.failure_rate)
+                .filter(|_| open)
+            {
+                Some(now) => format!(
+                    "{} now, peak {} at {at} (baseline {base})",
+                    pct(now),
+                    pct(p)
+                ),
+                None => format!("peak {} at {at} (baseline {base})", pct(p)),
+            }
+        }
+        (None, Some(share)) => match ep.current.as_ref().and_then(|c| c.share).filter(|_| open) {
+            Some(now) => format!("{} of normal now, lowest {} at {at}", pct(now), pct(share)),
+            None => format!("lowest {} of normal at {at}", pct(share)),
+        },
+        _ => return None,
+    })
+}
+
+/// The impact field from the episode: failures beyond normal (or events
+/// missing) since it began. `None` without episode numbers.
+fn episode_impact_text(inc: &Incident) -> Option<String> {
+    let imp = inc.episode.impact.as_ref()?;
+    Some(
+        match (imp.failures, imp.excess_failures, imp.missing_events) {
+            (Some(f), Some(x), _) => format!(
+                "{x:.0} failures beyond normal ({f} failed of {} attempts)",
+                imp.events
+            ),
+            (_, _, Some(m)) => format!("{m:.0} events missing ({} seen)", imp.events),
+            _ => return None,
+        },
+    )
+}
+
 /// One line per candidate: dims, numbers, score.
 fn candidate_line(i: usize, c: &RootCause) -> String {
     format!(
@@ -256,15 +304,23 @@ pub fn incident_message(inc: &Incident, acted: Option<&Acted>) -> Message {
         ),
         field(
             "Failure rate",
-            cause.map(rate_text).unwrap_or_else(|| "n/a".into()),
+            episode_rate_text(inc)
+                .or_else(|| cause.map(rate_text))
+                .unwrap_or_else(|| "n/a".into()),
         ),
         field(
-            "Volume affected",
-            cause.map(volume_text).unwrap_or_else(|| "n/a".into()),
+            "Impact",
+            episode_impact_text(inc)
+                .or_else(|| cause.map(volume_text))
+                .unwrap_or_else(|| "n/a".into()),
         ),
         field(
             "Started",
-            inc.opened_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            inc.episode
+                .began_at
+                .unwrap_or(inc.opened_at)
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string(),
         ),
         field("Status", status_text(inc, acted)),
     ]
@@ -282,9 +338,13 @@ pub fn incident_message(inc: &Incident, acted: Option<&Acted>) -> Message {
         blocks.push(section(text.trim_end()));
     }
 
-    let links: Vec<Value> = inc
-        .links
+    let page = inc.episode.url.as_ref().map(|url| crate::incident::Link {
+        title: "Incident page".into(),
+        url: url.clone(),
+    });
+    let links: Vec<Value> = page
         .iter()
+        .chain(inc.links.iter())
         .filter(|l| l.url.starts_with("https://") || l.url.starts_with("http://"))
         .filter(|l| l.url.chars().count() <= MAX_BUTTON_URL)
         .take(MAX_LINKS.min(MAX_ACTIONS))
@@ -379,9 +439,28 @@ pub fn acted_reply(inc: &Incident, what: &str, by: &str) -> Message {
 
 /// The reply when the engine resolves the incident.
 pub fn resolved_reply(inc: &Incident) -> Message {
+    let told = match (episode_rate_text(inc), episode_impact_text(inc)) {
+        (Some(rate), Some(impact)) => format!(
+            " It {}; {}.",
+            rate.replacen("peak", "peaked at", 1)
+                .replacen("lowest", "fell to", 1),
+            impact
+        ),
+        _ => String::new(),
+    };
     reply(&format!(
-        ":white_check_mark: Resolved after {}: the failure rate is back to its baseline.",
+        ":white_check_mark: Resolved after {}: back to its baseline.{told}",
         duration_text(inc)
+    ))
+}
+
+/// The reply when the episode's peak grew materially since `told`.
+pub fn peak_reply(inc: &Incident, told: f64) -> Message {
+    let now = episode_rate_text(inc).unwrap_or_default();
+    reply(&format!(
+        ":chart_with_upwards_trend: Worse: peak up from {} to {}.",
+        pct(told),
+        now.split_once("peak ").map_or(now.as_str(), |(_, p)| p)
     ))
 }
 

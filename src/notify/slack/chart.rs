@@ -69,7 +69,21 @@ pub fn render(inc: &Incident, series: &[SeriesPoint]) -> Result<Vec<u8>, ChartEr
         .is_some_and(|c| c.expected_events.is_some());
     // Rates are drawn in percent; volumes as counts.
     let scale = if volume { 1.0 } else { 100.0 };
-    let origin: DateTime<Utc> = series.iter().map(|p| p.at).min().unwrap_or(inc.opened_at);
+    // The chart starts a step or more before the episode began: a "before"
+    // to compare with.
+    let began = inc.episode.began_at.unwrap_or(inc.opened_at);
+    let step = series
+        .windows(2)
+        .map(|w| (w[1].at - w[0].at).abs())
+        .min()
+        .filter(|d| *d > Duration::zero())
+        .unwrap_or(Duration::minutes(1));
+    let origin: DateTime<Utc> = series
+        .iter()
+        .map(|p| p.at)
+        .min()
+        .unwrap_or(inc.opened_at)
+        .min(began - step);
     let minutes = |t: DateTime<Utc>| (t - origin).num_milliseconds() as f64 / 60_000.0;
     let mut pts: Vec<(f64, f64, f64)> = series
         .iter()
@@ -90,7 +104,8 @@ pub fn render(inc: &Incident, series: &[SeriesPoint]) -> Result<Vec<u8>, ChartEr
         .fold(0.0f64, f64::max)
         .max(if volume { 1.0 } else { 0.1 })
         * 1.15;
-    let span_start = minutes(inc.opened_at).max(x0);
+    let span_start = minutes(began).max(x0);
+    let opened_x = minutes(inc.opened_at);
     let span_end = inc.resolved_at.map(minutes).unwrap_or(x1).min(x1);
 
     let mut buf = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
@@ -155,6 +170,28 @@ pub fn render(inc: &Incident, series: &[SeriesPoint]) -> Result<Vec<u8>, ChartEr
                     Rectangle::new([(x, y - 5), (x + 16, y + 5)], SPAN_COLOUR.filled())
                 });
         }
+        // The baseline band: normal, under the baseline line.
+        chart
+            .draw_series(std::iter::once(Polygon::new(
+                pts.iter()
+                    .map(|p| (p.0, p.2))
+                    .chain(pts.last().map(|p| (p.0, 0.0)))
+                    .chain(pts.first().map(|p| (p.0, 0.0)))
+                    .collect::<Vec<_>>(),
+                BASELINE_COLOUR.mix(0.18).filled(),
+            )))
+            .map_err(draw_err)?;
+        // The opening, inside the episode's span (which starts when it began).
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(opened_x, 0.0), (opened_x, y_max)],
+                BLACK.mix(0.6).stroke_width(1),
+            )))
+            .map_err(draw_err)?
+            .label("opened")
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x + 8, y - 6), (x + 8, y + 6)], BLACK.mix(0.6))
+            });
         chart
             .draw_series(LineSeries::new(
                 pts.iter().map(|p| (p.0, p.2)),

@@ -165,6 +165,16 @@ struct Post {
     /// Replies already made (`resolved`, `acknowledged`, ...).
     announced: HashSet<String>,
     resolved: bool,
+    /// The episode's peak failure rate last told in the thread (or at the
+    /// opening); `None` when found after a restart.
+    peak: Option<f64>,
+}
+
+/// How much the episode's peak must grow over the one last told for a
+/// thread reply: by half again and five points at least (a material rise,
+/// not every step's wobble).
+fn peak_grew(told: f64, now: f64) -> bool {
+    now >= told * 1.5 && now - told >= 0.05
 }
 
 impl SlackNotifier {
@@ -404,6 +414,17 @@ impl Worker {
                     .await?;
                 changed = true;
             }
+        }
+        let peak = inc.episode.peak.as_ref().and_then(|p| p.failure_rate);
+        if let (Some(told), Some(now)) = (post.peak, peak) {
+            if peak_grew(told, now) {
+                self.reply(inc, &post, blocks::peak_reply(inc, told))
+                    .await?;
+                post.peak = Some(now);
+                changed = true;
+            }
+        } else {
+            post.peak = peak;
         }
         if changed || post.severity.is_none() {
             self.update_root(inc, &post).await?;

@@ -234,6 +234,9 @@ pub(crate) struct IncidentRow {
     pub prompt_version: Option<String>,
     /// JSON array of candidates (schema version 2).
     pub candidates: String,
+    /// JSON object of the episode's numbers: `began_at`, `current`, `peak`,
+    /// `impact`, `error_codes`, `url` (schema version 3).
+    pub episode: String,
 }
 
 fn name_of<T: Serialize>(v: &T) -> String {
@@ -280,6 +283,9 @@ impl IncidentRow {
             links: serde_json::to_string(&inc.links).unwrap_or_else(|_| "[]".into()),
             prompt_version: inc.prompt_version.clone(),
             candidates: serde_json::to_string(&inc.candidates).unwrap_or_else(|_| "[]".into()),
+            episode: clean_pan(
+                &serde_json::to_string(&inc.episode).unwrap_or_else(|_| "{}".into()),
+            ),
         }
     }
 
@@ -313,6 +319,7 @@ impl IncidentRow {
             links,
             prompt_version: self.prompt_version,
             candidates: serde_json::from_str(&self.candidates).unwrap_or_default(),
+            episode: serde_json::from_str(&self.episode).unwrap_or_default(),
         };
         (inc, human)
     }

@@ -114,6 +114,12 @@ pub const MIGRATIONS: &[Migration] = &[
         statements: &[],
         columns: &[("incidents", "candidates", "String DEFAULT '[]'")],
     },
+    Migration {
+        version: 3,
+        description: "incidents.episode: began_at, current, peak, impact, error_codes, url",
+        statements: &[],
+        columns: &[("incidents", "episode", "String DEFAULT '{}'")],
+    },
 ];
 
 /// The version the code expects.

@@ -392,18 +392,11 @@ impl LlmSummarizer {
         if !cited.is_empty() {
             s.push_str(&format!(" [{}]", cited.join("; ")));
         }
-        let checks: Vec<&str> = out
-            .next_checks
-            .iter()
-            .map(|c| c.trim())
-            .filter(|c| !c.is_empty())
-            .collect();
-        if !checks.is_empty() {
-            s.push_str("\nNext checks:");
-            for c in checks {
-                s.push_str("\n- ");
-                s.push_str(c);
-            }
+        // The next step is faultline's, from the facts: the model's own
+        // suggestions are not shown (they could be invented).
+        if let Some(n) = &pf.next_step {
+            s.push_str("\nCheck next: ");
+            s.push_str(n);
         }
         Cached {
             title: redact::redact_all(out.title.trim()).into_owned(),
@@ -637,6 +630,7 @@ pub(crate) mod testing {
             }],
             prompt_version: None,
             candidates: Vec::new(),
+            episode: Default::default(),
         };
         Facts::new(&inc, &compiled.rule)
     }

@@ -235,6 +235,107 @@ pub struct PromptFacts {
     pub window_minutes: f64,
     /// Candidates, best first.
     pub candidates: Vec<PromptCandidate>,
+    /// The episode's numbers, when the engine computed them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub episode: Option<PromptEpisode>,
+    /// What to check next (written by faultline, not by the model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_step: Option<String>,
+}
+
+/// One window of the episode as the model sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PromptReading {
+    /// Window end, `HH:MM UTC`.
+    pub at: String,
+    /// Events in the window.
+    pub events: u64,
+    /// Failures (rate rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u64>,
+    /// Failure rate, percent (rate rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_rate_pct: Option<f64>,
+    /// Baseline failure rate, percent (rate rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_rate_pct: Option<f64>,
+    /// Events expected (volume rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_events: Option<f64>,
+    /// Events as a share of expected, percent (volume rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_pct_of_expected: Option<f64>,
+}
+
+/// The episode: when it began, how it stands, its worst, what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PromptEpisode {
+    /// When the failures started to exceed the baseline, `HH:MM UTC`.
+    pub began_at: String,
+    /// Minutes from `began_at` to the resolution (resolved) or the latest update.
+    pub duration_minutes: f64,
+    /// The latest window (open incidents only: a resolved one has no "now").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<PromptReading>,
+    /// The worst window (volume rules: the lowest share).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak: Option<PromptReading>,
+    /// Events over the episode.
+    pub impact_events: u64,
+    /// Failures over the episode (rate rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impact_failures: Option<u64>,
+    /// Failures the baseline expected over the episode (rate rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impact_expected_failures: Option<f64>,
+    /// Failures beyond the baseline over the episode (rate rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impact_excess_failures: Option<f64>,
+    /// Events missing over the episode (volume rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impact_missing_events: Option<f64>,
+    /// Error codes behind the excess, most first: code and share percent.
+    pub error_codes: Vec<(String, f64)>,
+}
+
+impl PromptEpisode {
+    fn of(facts: &Facts) -> Option<PromptEpisode> {
+        let ep = &facts.episode;
+        let began = ep.began_at?;
+        let imp = ep.impact.as_ref()?;
+        let hhmm = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M UTC").to_string();
+        let reading = |r: &crate::incident::Reading| PromptReading {
+            at: hhmm(r.window.end),
+            events: r.events,
+            failures: r.failures,
+            failure_rate_pct: r.failure_rate.map(|x| sig(x * 100.0)),
+            baseline_rate_pct: r.baseline_rate.map(|x| sig(x * 100.0)),
+            expected_events: r.expected_events.map(|x| round(x, 0)),
+            volume_pct_of_expected: r.share.map(|x| sig(x * 100.0)),
+        };
+        let end = facts.resolved_at.unwrap_or(facts.updated_at);
+        let open = facts.status != crate::incident::Status::Resolved;
+        Some(PromptEpisode {
+            began_at: hhmm(began),
+            duration_minutes: round(
+                end.signed_duration_since(began).num_seconds() as f64 / 60.0,
+                0,
+            ),
+            current: ep.current.as_ref().filter(|_| open).map(reading),
+            peak: ep.peak.as_ref().map(reading),
+            impact_events: imp.events,
+            impact_failures: imp.failures,
+            impact_expected_failures: imp.expected_failures.map(|x| round(x, 1)),
+            impact_excess_failures: imp.excess_failures.map(|x| round(x, 0)),
+            impact_missing_events: imp.missing_events.map(|x| round(x, 0)),
+            error_codes: ep
+                .error_codes
+                .iter()
+                .take(3)
+                .map(|c| (clean(&c.code), sig(c.share * 100.0)))
+                .collect(),
+        })
+    }
 }
 
 impl PromptFacts {
@@ -269,6 +370,8 @@ impl PromptFacts {
                 .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
             window_minutes: round(window_secs as f64 / 60.0, 1),
             candidates,
+            episode: PromptEpisode::of(facts),
+            next_step: facts.next_step.as_deref().map(clean_long),
         }
     }
 
@@ -330,6 +433,15 @@ pub fn clean(s: &str) -> String {
         }
     }
     out
+}
+
+/// Like [`clean`], for faultline's own longer sentences (a next step).
+fn clean_long(s: &str) -> String {
+    let redacted = redact::redact_all(s);
+    super::validate::mask_urls(&redacted)
+        .chars()
+        .take(400)
+        .collect()
 }
 
 fn round(x: f64, decimals: i32) -> f64 {

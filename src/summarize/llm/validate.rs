@@ -467,20 +467,12 @@ fn allowed_numbers(facts: &Facts, pf: &PromptFacts) -> Allowed {
             c.volume_pct_of_expected,
         ];
         v.extend(opt.iter().flatten());
-        for pct in [
+        rate_numbers(
+            &mut v,
             c.failure_rate_pct,
             c.baseline_rate_pct,
             c.volume_pct_of_expected,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            v.push(pct / 100.0);
-        }
-        if let (Some(r), Some(b)) = (c.failure_rate_pct, c.baseline_rate_pct) {
-            // "up 39.9 points".
-            v.push(r - b);
-        }
+        );
         if let Some(p) = c.volume_pct_of_expected {
             // "down 98.75%".
             v.push(100.0 - p);
@@ -493,8 +485,83 @@ fn allowed_numbers(facts: &Facts, pf: &PromptFacts) -> Allowed {
             v.push(c.events.saturating_sub(f) as f64);
         }
     }
+    if let Some(ep) = &pf.episode {
+        episode_numbers(&mut v, facts, ep);
+    }
     v.retain(|x| x.is_finite());
     Allowed(v)
+}
+
+/// Percentages a summary may also state as fractions, and a rate's rise
+/// over its baseline in points ("up 39.9 points").
+fn rate_numbers(v: &mut Vec<f64>, rate: Option<f64>, base: Option<f64>, volume: Option<f64>) {
+    v.extend(
+        [rate, base, volume]
+            .into_iter()
+            .flatten()
+            .map(|pct| pct / 100.0),
+    );
+    if let (Some(r), Some(b)) = (rate, base) {
+        v.push(r - b);
+    }
+}
+
+/// The episode's numbers a summary may state: its times, duration, current
+/// and peak windows, impact and error-code shares.
+fn episode_numbers(v: &mut Vec<f64>, facts: &Facts, ep: &super::prompt::PromptEpisode) {
+    let mut times: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
+    times.extend(facts.episode.began_at);
+    for r in facts
+        .episode
+        .peak
+        .iter()
+        .chain(facts.episode.current.iter())
+    {
+        times.extend([r.window.start, r.window.end]);
+    }
+    for t in times {
+        v.extend([
+            f64::from(t.hour()),
+            f64::from(t.minute()),
+            f64::from(t.second()),
+            f64::from(t.hour() * 100 + t.minute()),
+        ]);
+    }
+    v.extend([ep.duration_minutes, ep.duration_minutes / 60.0]);
+    for r in ep.current.iter().chain(ep.peak.iter()) {
+        v.push(r.events as f64);
+        let opt = [
+            r.failures.map(|x| x as f64),
+            r.failure_rate_pct,
+            r.baseline_rate_pct,
+            r.expected_events,
+            r.volume_pct_of_expected,
+        ];
+        v.extend(opt.iter().flatten());
+        rate_numbers(
+            v,
+            r.failure_rate_pct,
+            r.baseline_rate_pct,
+            r.volume_pct_of_expected,
+        );
+        if let (Some(a), Some(b)) = (r.failure_rate_pct, r.baseline_rate_pct) {
+            if b > 0.0 {
+                // "90x normal".
+                v.push((a / b * 10.0).round() / 10.0);
+            }
+        }
+    }
+    v.push(ep.impact_events as f64);
+    let opt = [
+        ep.impact_failures.map(|x| x as f64),
+        ep.impact_expected_failures,
+        ep.impact_excess_failures,
+        ep.impact_missing_events,
+    ];
+    v.extend(opt.iter().flatten());
+    for (_, share) in &ep.error_codes {
+        v.extend([*share, share / 100.0]);
+    }
 }
 
 #[cfg(test)]
