@@ -76,8 +76,27 @@ pub(crate) fn find_card_numbers(s: &str) -> Vec<(usize, usize)> {
     if few_digits(s) {
         return spans;
     }
-    for_each_run(s, |run| scan_run(run, &mut spans));
+    for_each_run(s, |run| {
+        let (whole, fraction) = split_decimal(s, run);
+        scan_run(whole, &mut spans);
+        scan_run(fraction, &mut spans);
+    });
     spans
+}
+
+/// A run whose only separator is one decimal point (`1772410841.123456`, a
+/// Slack message timestamp; `12.5`) is a decimal number: its whole part and its
+/// fraction are two numbers, each searched on its own. Digits grouped by dots
+/// (`4111.1111.1111.1111`) have more than one, and stay one run.
+fn split_decimal<'r>(s: &str, run: &'r [Digit]) -> (&'r [Digit], &'r [Digit]) {
+    let mut gaps = run
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[0].end != w[1].start);
+    match (gaps.next(), gaps.next()) {
+        (Some((k, w)), None) if &s[w[0].end..w[1].start] == "." => run.split_at(k + 1),
+        _ => (run, &[]),
+    }
 }
 
 /// The fast exit, and the common case: a text that cannot hold 13 digits. Only
@@ -446,6 +465,9 @@ pub(crate) mod tests {
     fn leaves_other_numbers_alone() {
         for s in [
             "414720",
+            // A Slack message timestamp whose 16 digits pass Luhn.
+            "channel=C0TEST ts=1772410841.123404",
+            "4111111111.111111",
             "order 1234567890123 failed",
             "2026-03-02 00:20:41",
             "4111111111111112",
@@ -522,6 +544,7 @@ pub(crate) mod tests {
             "4111.1111.1111.1111",
             "5500/0000/0000/0004",
             "4111_1111_1111_1111",
+            "4111111111111111.25",
             "4012,8888,8888,1881",
             "4111%201111%201111%201111",
             "4111%C2%A01111%C2%A01111%C2%A01111",
