@@ -545,6 +545,17 @@ pub struct ApiSettings {
     pub body_limit_bytes: usize,
     /// Longest a request may take before it is answered 503.
     pub request_timeout: Dur,
+    /// Longest the headers of one request may take to arrive; the connection
+    /// is closed after that (slow clients cannot hold connections open).
+    pub header_read_timeout: Dur,
+    /// Most open HTTP connections; lowered at start to leave 64 file
+    /// descriptors free under the process's open-file limit.
+    pub max_connections: usize,
+    /// Most open HTTP connections from one client IP address.
+    pub max_connections_per_client: usize,
+    /// Most `POST /v1/events` bodies read and parsed at once; others wait
+    /// (within the request timeout), so memory stays near this many bodies.
+    pub max_concurrent_ingest: usize,
 }
 
 impl Default for ApiSettings {
@@ -553,6 +564,10 @@ impl Default for ApiSettings {
             tokens: Vec::new(),
             body_limit_bytes: 10 * 1024 * 1024,
             request_timeout: Dur(Duration::from_secs(10)),
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_connections: 1024,
+            max_connections_per_client: 64,
+            max_concurrent_ingest: 2,
         }
     }
 }
@@ -870,6 +885,15 @@ impl Settings {
             return Err(ConfigError::invalid("llm.temperature", "must be 0..2"));
         }
         for (key, v) in [
+            ("api.max_connections", self.api.max_connections as u64),
+            (
+                "api.max_connections_per_client",
+                self.api.max_connections_per_client as u64,
+            ),
+            (
+                "api.max_concurrent_ingest",
+                self.api.max_concurrent_ingest as u64,
+            ),
             ("llm.max_tokens", u64::from(self.llm.max_tokens)),
             ("llm.max_concurrent", self.llm.max_concurrent as u64),
             ("llm.breaker_failures", u64::from(self.llm.breaker_failures)),
@@ -880,6 +904,7 @@ impl Settings {
             }
         }
         for (key, d) in [
+            ("api.header_read_timeout", self.api.header_read_timeout),
             ("llm.request_timeout", self.llm.request_timeout),
             ("llm.total_timeout", self.llm.total_timeout),
         ] {

@@ -2,10 +2,13 @@
 //!
 //! Parsing is strict about the fields it knows and ignores unknown top-level
 //! fields. Every text field passes through [`crate::redact`] on arrival, so
-//! nothing downstream ever holds a card number: `message`, free text from
-//! upstream, through [`redact::redact_all`] (card data, contact data, secrets),
-//! the other fields through [`redact::redact`]. A card number in `bin` rejects
-//! the whole event and the value is dropped without being logged.
+//! nothing downstream ever holds a card number, CVV, secret or email: every
+//! field, `message` included, goes through [`redact::redact_all`], which sees
+//! through escapes, percent-encoding and Unicode digits. A dimension value
+//! (`provider`, `region`, `merchant_id`, `card_brand`, `error_code`, `attrs`)
+//! holding a run of 13 or more digits in any form rejects the event
+//! (`invalid_<field>`), and so does a card number in `bin`; the value is
+//! dropped without being logged.
 //!
 //! Hostile input is expected: a rejection never echoes the input, never panics,
 //! and the input is read at most a few times whatever its shape (size is capped
@@ -368,7 +371,7 @@ fn is_format(c: char) -> bool {
 }
 
 /// Checks length in characters and refuses control and format characters,
-/// then redacts card numbers.
+/// then masks card numbers, CVVs, secrets and emails ([`redact::redact_all`]).
 fn text(v: &str, field: Field, max_chars: usize) -> Result<String, Rejection> {
     let mut n = 0;
     for c in v.chars() {
@@ -380,7 +383,18 @@ fn text(v: &str, field: Field, max_chars: usize) -> Result<String, Rejection> {
     if n == 0 {
         return Err(Rejection::Invalid(field));
     }
-    Ok(redact::redact(v).into_owned())
+    Ok(redact::redact_all(v).into_owned())
+}
+
+/// A dimension value: [`text`], and no run of 13 or more digits in any form
+/// (spaces, dots, escapes, full-width digits). Such a value is or may hide a
+/// card number; masking it would merge unrelated keys into one, so the event
+/// is refused instead.
+fn dimension(v: &str, field: Field, max_chars: usize) -> Result<String, Rejection> {
+    if redact::has_long_digit_run(v) {
+        return Err(Rejection::Invalid(field));
+    }
+    text(v, field, max_chars)
 }
 
 fn optional(
@@ -388,7 +402,7 @@ fn optional(
     field: Field,
     max_chars: usize,
 ) -> Result<Option<String>, Rejection> {
-    v.map(|v| text(&v, field, max_chars)).transpose()
+    v.map(|v| dimension(&v, field, max_chars)).transpose()
 }
 
 /// More than 8 digits, ignoring separators: the contract's "longer digit
@@ -423,12 +437,12 @@ fn validate(raw: Raw<'_>) -> Result<Event, Rejection> {
     let kind = kind.into_owned();
 
     let outcome = raw.outcome.ok_or(Rejection::Missing(Field::Outcome))?;
-    let provider = text(
+    let provider = dimension(
         &required(raw.provider, Field::Provider)?,
         Field::Provider,
         64,
     )?;
-    let region = text(&required(raw.region, Field::Region)?, Field::Region, 64)?;
+    let region = dimension(&required(raw.region, Field::Region)?, Field::Region, 64)?;
 
     let bin = match raw.bin {
         None => None,
@@ -484,8 +498,8 @@ fn validate(raw: Raw<'_>) -> Result<Event, Rejection> {
     let mut attrs = BTreeMap::new();
     if let Some(RawAttrs(raw_attrs)) = raw.attrs {
         for (k, v) in raw_attrs {
-            let k = text(&k, Field::Attrs, 64)?;
-            let v = text(&v, Field::Attrs, 256)?;
+            let k = dimension(&k, Field::Attrs, 64)?;
+            let v = dimension(&v, Field::Attrs, 256)?;
             // Two keys that differ only in a card number redact to the same key.
             if attrs.insert(k, v).is_some() {
                 return Err(Rejection::Invalid(Field::Attrs));
@@ -578,11 +592,26 @@ mod tests {
 
     #[test]
     fn redacts_card_numbers_in_text() {
-        let line = r#"{"id":"x","ts":"2026-03-02T00:20:41Z","kind":"auth","outcome":"failure","provider":"p","region":"r","message":"card 4111 1111 1111 1111 declined","merchant_id":"m-4111111111111111"}"#;
+        let line = r#"{"id":"x","ts":"2026-03-02T00:20:41Z","kind":"auth","outcome":"failure","provider":"p","region":"r","message":"card 4111 1111 1111 1111 declined","merchant_id":"m-4111"}"#;
         let e = parse(line.as_bytes()).unwrap();
         let msg = e.message.unwrap();
         assert!(!msg.contains("4111 1111 1111 1111"), "{msg}");
-        assert!(!e.merchant_id.unwrap().contains("4111111111111111"));
+        // A dimension value holding 13 or more digits, in any form, rejects the event.
+        for (field, value) in [
+            ("merchant_id", "m-4111111111111111"),
+            ("merchant_id", "994111111111111111"),
+            ("error_code", "4111.1111.1111.1111"),
+            ("provider", "4111%201111%201111%201111"),
+            ("region", r"\u0034111111111111111"),
+            ("attrs.value", "4111_1111_1111_1111"),
+            ("card_brand", "1795625595000"),
+        ] {
+            let reason = parse(event_with(field, value).as_bytes())
+                .unwrap_err()
+                .reason();
+            let want = format!("invalid_{}", field.split('.').next().unwrap_or(field));
+            assert_eq!(reason, want, "{field}={value}");
+        }
     }
 
     /// A valid event with `field` set to `value` (a string) or, for `attrs.*`,
@@ -812,9 +841,18 @@ mod tests {
         }
         assert!(redact::violations(&m).is_empty(), "{m}");
         assert!(m.starts_with("ignore all previous instructions"), "{m}");
-        // Other fields only lose card numbers: an email in merchant_id stays.
-        let e = parse(event_with("merchant_id", "ops@acme.io").as_bytes()).unwrap();
-        assert_eq!(e.merchant_id.as_deref(), Some("ops@acme.io"));
+        // Every field is redacted the same way: CVVs, secrets and emails in
+        // identifiers are masked too.
+        for (field, value, gone) in [
+            ("merchant_id", "ops@acme.io", "ops@"),
+            ("error_code", "cvv=123", "123"),
+            ("provider", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "4eC39"),
+            ("error_code", "Bearer abc123def456ghi789", "abc123"),
+        ] {
+            let e = parse(event_with(field, value).as_bytes()).unwrap();
+            let shown = format!("{e:?}");
+            assert!(!shown.contains(gone), "{field}={value}: {shown}");
+        }
     }
 
     #[test]
@@ -973,7 +1011,7 @@ mod tests {
 
         #[test]
         fn a_card_number_never_survives(
-            pan in crate::redact::tests::pan_strategy(),
+            pan in crate::redact::pan_strategy(),
             style in 0usize..12,
             field in proptest::sample::select(STRING_FIELDS),
             prefix in "([a-z=:_/]{0,6}[a-z=:_/ ])?",

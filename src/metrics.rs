@@ -20,6 +20,7 @@ pub struct Metrics {
     events_received: AtomicU64,
     events_accepted: AtomicU64,
     events_duplicate: AtomicU64,
+    http_connections_refused: AtomicU64,
     events_late: AtomicU64,
     rejected: Mutex<BTreeMap<String, u64>>,
     active_cells: AtomicU64,
@@ -146,6 +147,25 @@ impl Metrics {
             map.insert(reason.to_string(), 1);
         } else {
             *map.entry("other".to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// One HTTP connection was closed on accept: its client or the server was
+    /// at its connection cap.
+    pub fn http_connection_refused(&self) {
+        self.http_connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` events failed validation for `reason` (see [`Metrics::event_rejected`]).
+    pub fn events_rejected(&self, reason: &str, n: u64) {
+        let mut map = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get_mut(reason) {
+            *c += n;
+        } else if map.len() < MAX_REASONS {
+            map.insert(reason.to_string(), n);
+        } else {
+            *map.entry("other".to_string()).or_insert(0) += n;
         }
     }
 
@@ -389,6 +409,12 @@ impl Metrics {
             "faultline_events_received_total",
             "Events received, before validation.",
             get(&self.events_received),
+        );
+        counter(
+            &mut out,
+            "faultline_http_connections_refused_total",
+            "HTTP connections closed on accept because a connection cap (total or per client) was reached.",
+            get(&self.http_connections_refused),
         );
         counter(
             &mut out,

@@ -41,9 +41,28 @@ impl Caller {
     }
 }
 
+/// Shortest API token secret accepted without a warning: 16 characters is 96
+/// bits as base64, out of reach of online guessing.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
 impl TokenSet {
-    /// The tokens of the settings.
+    /// The tokens of the settings. Each secret shorter than
+    /// [`MIN_TOKEN_CHARS`] is named (by position, never by secret) in a warning
+    /// at start: a short token is guessable, and refusing it outright would
+    /// lock out deployments that have one.
     pub fn new(tokens: Vec<ApiToken>) -> TokenSet {
+        for (i, t) in tokens.iter().enumerate() {
+            let chars = t.secret.expose_secret().chars().count();
+            if chars < MIN_TOKEN_CHARS {
+                tracing::warn!(
+                    token = i + 1,
+                    name = %t.name,
+                    chars,
+                    min = MIN_TOKEN_CHARS,
+                    "WEAK API TOKEN: this secret is short enough to guess; use {MIN_TOKEN_CHARS} or more random characters"
+                );
+            }
+        }
         TokenSet {
             tokens: tokens.into(),
         }

@@ -152,12 +152,19 @@ pub struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Messages may quote what the client sent (a query value, a serde error
+        // naming a field's content): the card-data boundary holds for them too.
         match &self {
-            ApiError::Unavailable(detail) => tracing::warn!(error = %detail, "api: unavailable"),
-            ApiError::Internal(detail) => tracing::error!(error = %detail, "api: internal error"),
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(error = %crate::redact::redact_all(detail), "api: unavailable")
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %crate::redact::redact_all(detail), "api: internal error")
+            }
             _ => {}
         }
         let (status, code, message) = self.parts();
+        let message = crate::redact::redact_all(&message);
         let body = Json(json!({"error": {"code": code, "message": message}}));
         let mut resp = (status, body).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -8,9 +8,8 @@
 //! event ids are deduplicated.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -53,90 +52,114 @@ pub struct IngestReport {
 pub(super) async fn post_events(
     _auth: Authorized<Ingest>,
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<IngestReport>, ApiError> {
-    let body = super::read_body(body, state.body_limit)?;
-    let batch = Batch::split(&body)?;
+    // At most `max_concurrent_ingest` bodies are held and parsed at once: a
+    // burst of large bodies waits here (within the request timeout) instead
+    // of multiplying memory.
+    let _permit = Arc::clone(&state.ingest_permits)
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::Unavailable("ingest permits closed".into()))?;
+    let body = super::read_limited(body, state.body_limit).await?;
     let mut report = IngestReport::default();
-    for (n, parsed) in batch.into_events().enumerate() {
+    let mut events = Vec::new();
+    for_each_item(&body, |parsed| {
         state.metrics.event_received();
         match parsed {
-            Ok(ev) => {
-                state
-                    .ingest
-                    .send(ev)
-                    .await
-                    .map_err(|_| ApiError::Unavailable("ingest channel closed".into()))?;
-                report.accepted += 1;
-            }
-            Err(r) => {
-                // The reason only: payloads may hold card data.
-                tracing::debug!(item = n + 1, reason = %r, "api: event rejected");
-                state.metrics.event_rejected(&r.reason());
-                *report.rejected.entry(r.reason().into_owned()).or_insert(0) += 1;
-            }
+            Ok(ev) => events.push(ev),
+            Err(r) => *report.rejected.entry(r.reason().into_owned()).or_insert(0) += 1,
         }
+    })?;
+    drop(body);
+    for (reason, n) in &report.rejected {
+        state.metrics.events_rejected(reason, *n);
+    }
+    if !report.rejected.is_empty() {
+        // One line per request, counts only: payloads may hold card data, and
+        // a line per item let one junk body write gigabytes of log.
+        tracing::debug!(rejected = ?report.rejected, "api: events rejected");
+    }
+    for ev in events {
+        state
+            .ingest
+            .send(ev)
+            .await
+            .map_err(|_| ApiError::Unavailable("ingest channel closed".into()))?;
+        report.accepted += 1;
     }
     Ok(Json(report))
 }
 
-/// A body split into items, each validated when iterated.
-enum Batch<'a> {
-    /// NDJSON lines (blank lines skipped).
-    Lines(Vec<&'a [u8]>),
-    /// Elements of a JSON array (or one pretty-printed object).
-    Values(Vec<serde_json::Value>),
-}
-
-impl<'a> Batch<'a> {
-    /// A body starting with `[` is a JSON array; otherwise it is NDJSON, and
-    /// must have at least one line that looks like an object. A multi-line body
-    /// that is exactly one JSON object is one (pretty-printed) event.
-    fn split(body: &'a [u8]) -> Result<Batch<'a>, ApiError> {
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        match first {
-            None => Err(ApiError::bad_request(
-                "empty_body",
-                "the body holds no events",
-            )),
-            Some(b'[') => serde_json::from_slice::<Vec<serde_json::Value>>(body)
-                .map(Batch::Values)
+/// Validates every item of a body and hands each result to `f`, holding at
+/// most one item's JSON at a time: a body starting with `[` is a JSON array,
+/// read element by element; otherwise it is NDJSON, and must have at least
+/// one line that looks like an object. A multi-line body that is exactly one
+/// JSON object is one (pretty-printed) event. A malformed array is a 400
+/// before `f` has seen anything worth keeping: callers hand nothing on until
+/// this returns.
+fn for_each_item(body: &[u8], mut f: impl FnMut(Result<Event, Rejection>)) -> Result<(), ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => Err(ApiError::bad_request(
+            "empty_body",
+            "the body holds no events",
+        )),
+        Some(b'[') => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            serde::Deserializer::deserialize_seq(&mut de, EachElement(&mut f))
+                .and_then(|()| de.end())
                 .map_err(|_| {
                     ApiError::bad_request(
                         "invalid_body",
                         "a body starting with `[` must be a JSON array of events",
                     )
-                }),
-            Some(_) => {
-                let lines: Vec<&[u8]> = body
-                    .split(|b| *b == b'\n')
+                })
+        }
+        Some(_) => {
+            let lines = || {
+                body.split(|b| *b == b'\n')
                     .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
                     .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
-                    .collect();
-                let looks_like_object =
-                    |l: &&[u8]| l.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-                if !lines.iter().any(looks_like_object) {
-                    return Err(ApiError::bad_request(
-                        "invalid_body",
-                        "expected NDJSON (one JSON event object per line) or a JSON array of events",
-                    ));
-                }
-                if lines.len() > 1 {
-                    if let Ok(v @ serde_json::Value::Object(_)) =
-                        serde_json::from_slice::<serde_json::Value>(body)
-                    {
-                        return Ok(Batch::Values(vec![v]));
-                    }
-                }
-                Ok(Batch::Lines(lines))
+            };
+            let looks_like_object =
+                |l: &[u8]| l.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+            if !lines().any(looks_like_object) {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "expected NDJSON (one JSON event object per line) or a JSON array of events",
+                ));
             }
+            // One pretty-printed object: checked without building it.
+            if lines().nth(1).is_some()
+                && first == Some(&b'{')
+                && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+            {
+                f(event::parse(body));
+                return Ok(());
+            }
+            lines().for_each(|l| f(event::parse(l)));
+            Ok(())
         }
     }
+}
 
-    fn into_events(self) -> Box<dyn Iterator<Item = Result<Event, Rejection>> + Send + 'a> {
-        match self {
-            Batch::Lines(lines) => Box::new(lines.into_iter().map(event::parse)),
-            Batch::Values(values) => Box::new(values.into_iter().map(event::from_value)),
+/// Visits a JSON array one element at a time.
+struct EachElement<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(Result<Event, Rejection>)> serde::de::Visitor<'de> for EachElement<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // Borrowed raw text: an element is never built as a `Value`, so a
+        // 10 MiB element costs its size check, not 20 times its size.
+        while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            (self.0)(event::parse(raw.get().as_bytes()));
         }
+        Ok(())
     }
 }

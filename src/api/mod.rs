@@ -28,6 +28,7 @@ mod incidents;
 pub mod openapi;
 pub mod pages;
 mod rules;
+mod serve;
 mod silences;
 mod slack;
 #[cfg(test)]
@@ -36,10 +37,10 @@ mod tests;
 pub use auth::{Authorized, Caller, TokenSet};
 pub use error::{ApiError, ErrorBody};
 pub use events::IngestReport;
+pub use serve::{serve, ConnLimits};
 pub use silences::{NewSilence, SilenceList};
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +92,10 @@ pub struct AppState {
     pub body_limit: usize,
     /// Longest a request may take.
     pub request_timeout: Duration,
+    /// Connection caps and the header-read timeout, for [`serve`].
+    pub conn_limits: ConnLimits,
+    /// Bodies of `POST /v1/events` being read at once.
+    pub ingest_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -150,6 +155,14 @@ impl AppState {
             )),
             body_limit: settings.api.body_limit_bytes,
             request_timeout: settings.api.request_timeout.0,
+            conn_limits: ConnLimits {
+                total: settings.api.max_connections,
+                per_client: settings.api.max_connections_per_client,
+                header_read_timeout: settings.api.header_read_timeout.0,
+            },
+            ingest_permits: Arc::new(tokio::sync::Semaphore::new(
+                settings.api.max_concurrent_ingest.max(1),
+            )),
         }
     }
 }
@@ -215,7 +228,17 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
+                // The span names the path, redacted, and never the query:
+                // `/explain?dims=...` and ids in paths are client text.
+                .layer(TraceLayer::new_for_http().make_span_with(
+                    |req: &axum::http::Request<axum::body::Body>| {
+                        tracing::debug_span!(
+                            "request",
+                            method = %req.method(),
+                            path = %crate::redact::redact_all(req.uri().path()),
+                        )
+                    },
+                ))
                 .layer(HandleErrorLayer::new(|e: BoxError| async move {
                     if e.is::<tower::timeout::error::Elapsed>() {
                         ApiError::Timeout
@@ -228,16 +251,43 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` completes, then lets
-/// requests in flight finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+/// A JSON answer passed through [`crate::redact::scrub_json`] on its way out:
+/// whatever a stored incident or silence holds (rows written before a
+/// redaction rule existed, a store shared with other writers), no card data
+/// or secret leaves in an API answer.
+pub(crate) struct Scrubbed<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Scrubbed<T> {
+    fn into_response(self) -> axum::response::Response {
+        match scrubbed(&self.0) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+}
+
+/// `value` as JSON passed through [`crate::redact::scrub_json`].
+pub(crate) fn scrubbed<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
+    let mut v = serde_json::to_value(value)
+        .map_err(|e| ApiError::Internal(format!("serializing an answer: {e}")))?;
+    crate::redact::scrub_json(&mut v);
+    Ok(v)
+}
+
+/// Reads a streamed body up to `limit` bytes, or the JSON 413 / 400 it
+/// deserves: the bytes past the limit are never read.
+pub(crate) async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(_) => Err(ApiError::bad_request(
+            "invalid_body",
+            "the body could not be read",
+        )),
+    }
 }
 
 /// A request body, or the JSON 413 / 400 it deserves.

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -77,6 +77,14 @@ impl NewSilence {
                     "`matchers` values must be 1 to {MAX_VALUE_CHARS} characters without control characters"
                 )));
             }
+            // Root-cause values are redacted on arrival, so a value holding card
+            // data or a secret could never match; storing it would only keep
+            // what must not be kept.
+            if !crate::redact::violations(v).is_empty() || crate::redact::has_long_digit_run(v) {
+                return Err(bad(format!(
+                    "the `matchers` value of `{k}` holds card data or a secret; it is not stored"
+                )));
+            }
         }
         let starts_at = self.starts_at.unwrap_or(now);
         if self.ends_at <= starts_at {
@@ -101,7 +109,7 @@ impl NewSilence {
             matchers: self.matchers,
             starts_at,
             ends_at: self.ends_at,
-            comment: self.comment,
+            comment: crate::redact::redact_all(&self.comment).into_owned(),
             created_by: created_by.to_string(),
             created_at: now,
         })
@@ -123,9 +131,9 @@ impl NewSilence {
 pub(super) async fn list(
     _auth: Authorized<Read>,
     State(state): State<AppState>,
-) -> Result<Json<SilenceList>, ApiError> {
+) -> Result<super::Scrubbed<SilenceList>, ApiError> {
     let silences = state.store.silences(Utc::now()).await?;
-    Ok(Json(SilenceList { silences }))
+    Ok(super::Scrubbed(SilenceList { silences }))
 }
 
 /// Creates a silence; its creator is the token's name.
@@ -148,7 +156,7 @@ pub(super) async fn create(
     auth: Authorized<Write>,
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Silence>), ApiError> {
+) -> Result<(StatusCode, super::Scrubbed<Silence>), ApiError> {
     let body = read_body(body, state.body_limit)?;
     let mut de = serde_json::Deserializer::from_slice(&body);
     let new: NewSilence = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -167,7 +175,7 @@ pub(super) async fn create(
     let silence = new.validate(Utc::now(), &auth.caller.name)?;
     state.store.add_silence(silence.clone()).await?;
     tracing::info!(silence_id = %silence.id, token = %auth.caller.name, "api: silence created");
-    Ok((StatusCode::CREATED, Json(silence)))
+    Ok((StatusCode::CREATED, super::Scrubbed(silence)))
 }
 
 /// Removes a silence.

@@ -19,8 +19,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
@@ -29,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ErrorBody;
-use super::{read_body, ApiError, AppState};
+use super::{ApiError, AppState};
 use crate::incident::{Incident, TimelineEntry};
 use crate::notify::slack::blocks::{ACTION_ACK, ACTION_RESOLVE, ACTION_SILENCE};
 use crate::notify::slack::VerifyError;
@@ -37,6 +35,9 @@ use crate::store::{Action, Silence, StoreError};
 
 /// Longest Slack user name kept as `by`.
 const MAX_USER_CHARS: usize = 64;
+/// Largest interaction body read (Slack's `block_actions` payloads are a few
+/// KiB); checked before the signature.
+pub const SLACK_BODY_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
 struct Interaction {
@@ -91,9 +92,11 @@ struct ActionItem {
 pub(super) async fn interactions(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
-    let body = read_body(body, state.body_limit)?;
+    // Read no more than a Slack interaction can be before the signature is
+    // checked: an unauthenticated client gets no say over our memory.
+    let body = super::read_limited(body, SLACK_BODY_LIMIT.min(state.body_limit)).await?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     state
         .slack

@@ -590,10 +590,11 @@ impl NatsSource {
     }
 }
 
-/// Re-publishes a rejected message with its reason. The payload is passed
-/// through the card-number redaction (CONTRACT: card data never reaches
-/// NATS); an oversized payload is not re-published at all, only its headers
-/// (the original stays in `stream` at the sequence given).
+/// Re-publishes a rejected message with its reason. The payload is never the
+/// raw bytes (CONTRACT: card data never reaches NATS, and raw JSON can hide a
+/// card number in escapes the scanner would have to guess at): it is
+/// [`dead_letter_body`], built from the parsed, redacted message. The subject
+/// header is redacted too; the original stays in `stream` at the sequence given.
 pub(crate) async fn dead_letter(
     client: &async_nats::Client,
     stream: &str,
@@ -603,15 +604,13 @@ pub(crate) async fn dead_letter(
 ) -> Result<(), NatsError> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(REASON_HEADER, rej.reason().as_ref());
-    headers.insert(SUBJECT_HEADER, msg.subject.as_str());
+    headers.insert(
+        SUBJECT_HEADER,
+        crate::redact::redact_all(msg.subject.as_str()).as_ref(),
+    );
     headers.insert(SEQUENCE_HEADER, seq.to_string().as_str());
     headers.insert("Faultline-Stream", stream);
-    let payload: Vec<u8> = if msg.payload.len() > MAX_EVENT_BYTES {
-        Vec::new()
-    } else {
-        let text = String::from_utf8_lossy(&msg.payload);
-        crate::redact::redact(&text).into_owned().into_bytes()
-    };
+    let payload = dead_letter_body(&msg.payload, rej);
     client
         .publish_with_headers(DEADLETTER_SUBJECT, headers, payload.into())
         .await
@@ -619,6 +618,61 @@ pub(crate) async fn dead_letter(
             subject: DEADLETTER_SUBJECT.into(),
             message: e.to_string(),
         })
+}
+
+/// A dead letter's body: `{"reason": "...", "event": ...}`, where `event` is
+/// the message parsed as JSON with every string, key and number redacted
+/// ([`crate::redact::scrub_json`]) and every value holding a run of 13 or more
+/// digits withheld; `null` when the message is oversized or not JSON. The
+/// parse is what decodes `\u00a0` and its kin, so the redaction sees the text
+/// a consumer of the dead letter would see.
+pub fn dead_letter_body(payload: &[u8], rej: Rejection) -> Vec<u8> {
+    let event = if payload.len() > MAX_EVENT_BYTES {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice::<serde_json::Value>(payload)
+            .map(|mut v| {
+                // Whatever `bin` held is never shown when it was refused.
+                if matches!(
+                    rej,
+                    Rejection::CardNumberInBin | Rejection::Invalid(event::Field::Bin)
+                ) {
+                    if let Some(map) = v.as_object_mut() {
+                        map.remove("bin");
+                    }
+                }
+                withhold_long_digit_runs(&mut v);
+                crate::redact::scrub_json(&mut v);
+                v
+            })
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let body = serde_json::json!({"reason": rej.reason(), "event": event});
+    body.to_string().into_bytes()
+}
+
+/// Replaces every string holding a run of 13 or more digits (a `bin` of 16
+/// digits failing Luhn is still a card number by the contract) and every such
+/// number with [`crate::redact::ALL_MASK`].
+fn withhold_long_digit_runs(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    let long = match v {
+        Value::String(s) => crate::redact::has_long_digit_run(s),
+        Value::Number(n) => crate::redact::has_long_digit_run(&n.to_string()),
+        Value::Array(items) => {
+            items.iter_mut().for_each(withhold_long_digit_runs);
+            false
+        }
+        Value::Object(map) => {
+            map.retain(|k, _| !crate::redact::has_long_digit_run(k));
+            map.values_mut().for_each(withhold_long_digit_runs);
+            false
+        }
+        Value::Null | Value::Bool(_) => false,
+    };
+    if long {
+        *v = Value::String(crate::redact::ALL_MASK.into());
+    }
 }
 
 /// Waits (bounded) until the engine took every event sent so far: once the

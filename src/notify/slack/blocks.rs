@@ -98,17 +98,19 @@ pub fn truncate(s: &str, max: usize) -> String {
     cut
 }
 
-/// Redacted, escaped for `mrkdwn`.
+/// Redacted, escaped for `mrkdwn`. A backtick becomes a look-alike so a value
+/// cannot close the code span it is shown in and start markup of its own.
 pub fn mrkdwn(s: &str) -> String {
-    redact::redact(s)
+    redact::redact_all(s)
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('`', "\u{2C8}")
 }
 
 /// Redacted, on one line: for `plain_text` (no escaping needed there).
 pub fn plain(s: &str) -> String {
-    redact::redact(s).replace(['\n', '\r', '\t'], " ")
+    redact::redact_all(s).replace(['\n', '\r', '\t'], " ")
 }
 
 fn plain_text(s: &str, max: usize) -> Value {
@@ -118,7 +120,8 @@ fn plain_text(s: &str, max: usize) -> Value {
 
 fn mrkdwn_text(s: &str, max: usize) -> Value {
     let t = truncate(s, max);
-    json!({"type": "mrkdwn", "text": if t.trim().is_empty() { "-".to_string() } else { t }})
+    // `verbatim`: a bare URL, channel name or @mention in the text stays text.
+    json!({"type": "mrkdwn", "text": if t.trim().is_empty() { "-".to_string() } else { t }, "verbatim": true})
 }
 
 fn section(text_mrkdwn: &str) -> Value {
@@ -357,7 +360,7 @@ pub fn incident_message(inc: &Incident, acted: Option<&Acted>) -> Message {
                 "type": "button",
                 "action_id": format!("faultline_link_{i}"),
                 "text": plain_text(&l.title, MAX_BUTTON_TEXT),
-                "url": redact::redact(&l.url),
+                "url": redact::redact_all(&l.url),
             })
         })
         .collect();

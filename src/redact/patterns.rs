@@ -1,355 +1,20 @@
-//! The card-data boundary, and the wider redaction of outbound free text.
-//!
-//! A card number (PAN) is 13 to 19 digits passing the Luhn check, written with or
-//! without separators between digits. Every stage that lets text out of the
-//! process (stdout, API, store, Slack, LLM, logs) uses this module, so the rule
-//! lives in one place.
-//!
-//! Two levels:
-//!
-//! - [`redact`] masks card numbers only. It runs on every text field of every
-//!   event on arrival, so it is a hand-written scanner with a digit-count fast
-//!   path and no regex.
-//! - [`redact_all`] masks everything [`PATTERNS`] names: card numbers, CVV and
-//!   expiry dates, emails, phone numbers, IBANs, bearer tokens, API keys and
-//!   secrets. It is for free text (event messages) and for any text that goes to
-//!   Slack, an LLM, logs or stored rows. [`violations`] is the matching policy
-//!   check: it names what still matches, so a sink can refuse to send.
-//!
-//! The scanner is deliberately wider than the contract's "spaces or dashes":
-//! any Unicode space or dash, line breaks, and invisible format characters
-//! (zero-width spaces, bidi marks, combining marks) count as separators, and
-//! digits from any Unicode decimal script (fullwidth `４`, Arabic-Indic, ...)
-//! count as digits, because hostile upstream text uses exactly those tricks to
-//! smuggle a number past a filter that a human reader would still recognise.
-//!
-//! Known limit: a PAN glued without separator to other digits, where the whole
-//! digit group is at most 19 digits long (`"00"` + a 16-digit PAN), is not found:
-//! looking for card numbers inside every 14..19 digit number would mask most
-//! long numeric ids. Groups longer than 19 digits are searched window by window.
+//! Every sensitive pattern but card numbers: CVV and expiry dates, emails,
+//! phone numbers, IBANs, bearer tokens, API keys and secrets, as regexes with a
+//! check each (a checksum, a placeholder list), plus the span arithmetic that
+//! applies masks.
 
-use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::LazyLock;
 
 use regex::{Regex, RegexSet};
 
-/// What a redacted card number is replaced with.
-pub const PAN_MASK: &str = "[REDACTED:PAN]";
-
-/// What [`redact_all`] returns when text still matches a pattern after several
-/// passes (it never should): the whole text is withheld rather than sent.
-pub const ALL_MASK: &str = "[REDACTED]";
-
-/// The pattern names [`violations`] reports, in the order it reports them.
-pub const PATTERNS: &[&str] = &[
-    "pan",
-    "cvv",
-    "expiry",
-    "email",
-    "phone",
-    "iban",
-    "bearer_token",
-    "secret",
-    "api_key",
-    "slack_token",
-    "aws_access_key",
-    "jwt",
-    "private_key",
-];
-
-/// True when `s` contains a card number anywhere.
-pub fn contains_card_number(s: &str) -> bool {
-    !find_card_numbers(s).is_empty()
-}
-
-/// Replaces every card number in `s` with [`PAN_MASK`]; borrows when there is none.
-pub fn redact(s: &str) -> Cow<'_, str> {
-    let spans = find_card_numbers(s);
-    if spans.is_empty() {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut last = 0;
-    for (start, end) in spans {
-        out.push_str(&s[last..start]);
-        out.push_str(PAN_MASK);
-        last = end;
-    }
-    out.push_str(&s[last..]);
-    Cow::Owned(out)
-}
-
-/// Most visible separators (spaces, dashes, line breaks) between two digits of
-/// one card number: "4111 - 1111" has three.
-const MAX_SEPARATORS: usize = 3;
-
-/// One digit of the text: its byte span and value.
-#[derive(Clone, Copy)]
-struct Digit {
-    start: usize,
-    end: usize,
-    value: u8,
-}
-
-/// Byte spans of card numbers in `s`, in order, non-overlapping.
-///
-/// A run is a maximal sequence of digits where up to [`MAX_SEPARATORS`]
-/// separators may sit between two digits; a group is a sequence of directly
-/// adjacent digits. See [`scan_run`] for how a run is searched.
-fn find_card_numbers(s: &str) -> Vec<(usize, usize)> {
-    let mut spans = Vec::new();
-    // Fast exit, and the common case: fewer than 13 digits in the whole string.
-    let digits = if s.is_ascii() {
-        s.bytes().filter(u8::is_ascii_digit).count()
-    } else {
-        s.chars().filter(|&c| digit_value(c).is_some()).count()
-    };
-    if digits < 13 {
-        return spans;
-    }
-    let mut run: Vec<Digit> = Vec::new();
-    // Visible separators since the last digit of the run.
-    let mut gap = 0usize;
-    for (i, c) in s.char_indices() {
-        if let Some(value) = digit_value(c) {
-            if gap > MAX_SEPARATORS {
-                scan_run(&run, &mut spans);
-                run.clear();
-            }
-            run.push(Digit {
-                start: i,
-                end: i + c.len_utf8(),
-                value,
-            });
-            gap = 0;
-        } else if run.is_empty() {
-            continue;
-        } else if is_invisible(c) {
-            // Invisible characters separate groups but never end a run.
-        } else if is_visible_separator(c) {
-            gap += 1;
-        } else {
-            scan_run(&run, &mut spans);
-            run.clear();
-            gap = 0;
-        }
-    }
-    scan_run(&run, &mut spans);
-    spans
-}
-
-/// Checks one run. Candidates are contiguous sequences of groups with 13..=19
-/// digits in all; from each group the longest passing candidate wins, so
-/// "4111 1111 1111 1111 12" finds the PAN but a 16-digit order number failing
-/// Luhn is left alone. A single group longer than 19 digits is scanned window by
-/// window, since a PAN glued to other digits is still a PAN.
-///
-/// Whatever false match a neighbour produces, a card number is never left whole:
-/// a span starting before it that reaches into it masks at least its first group.
-fn scan_run(run: &[Digit], spans: &mut Vec<(usize, usize)>) {
-    let n = run.len();
-    if n < 13 {
-        return;
-    }
-    // Group boundaries: indexes into `run` where a new group starts.
-    let mut starts = vec![0];
-    for k in 1..n {
-        if run[k].start != run[k - 1].end {
-            starts.push(k);
-        }
-    }
-    starts.push(n);
-    let groups = starts.len() - 1;
-    let value = |k: usize| u32::from(run[k].value);
-    let mut g = 0;
-    while g < groups {
-        let (gs, ge) = (starts[g], starts[g + 1]);
-        if ge - gs > 19 {
-            scan_windows(run, gs, ge, spans);
-            g += 1;
-            continue;
-        }
-        // Every group has at least one digit, so this looks at most 19 ends.
-        let mut best = None;
-        let mut end = g + 1;
-        while end <= groups && starts[end] - gs <= 19 {
-            let len = starts[end] - gs;
-            if len >= 13 && plausible(run, gs, len) && luhn((gs..starts[end]).map(value)) {
-                best = Some(end);
-            }
-            end += 1;
-        }
-        match best {
-            Some(end) => {
-                spans.push((run[gs].start, run[starts[end] - 1].end));
-                g = end;
-            }
-            None => g += 1,
-        }
-    }
-}
-
-/// No card network issues 13-digit numbers starting with 1 (the only IIN range
-/// starting with 1, UATP, is 15 digits), while every epoch-millisecond timestamp
-/// from 2001 to 2286 is exactly that: 13 digits starting with 1. Without this,
-/// one timestamp in ten (a dashboard link's `to=`) would pass Luhn and be masked.
-fn plausible(run: &[Digit], start: usize, len: usize) -> bool {
-    !(len == 13 && run[start].value == 1)
-}
-
-fn scan_windows(run: &[Digit], from: usize, to: usize, spans: &mut Vec<(usize, usize)>) {
-    let value = |k: usize| u32::from(run[k].value);
-    let mut start = from;
-    while start + 13 <= to {
-        let len = (13..=19usize).rev().find(|&len| {
-            start + len <= to && plausible(run, start, len) && luhn((start..start + len).map(value))
-        });
-        match len {
-            Some(len) => {
-                spans.push((run[start].start, run[start + len - 1].end));
-                start += len;
-            }
-            None => start += 1,
-        }
-    }
-}
-
-/// Code points of the digit zero of every Unicode decimal-digit script (category
-/// Nd); each is followed by the digits one to nine. Sorted.
-const DIGIT_ZEROS: [u32; 66] = [
-    0x30, 0x660, 0x6f0, 0x7c0, 0x966, 0x9e6, 0xa66, 0xae6, 0xb66, 0xbe6, 0xc66, 0xce6, 0xd66,
-    0xde6, 0xe50, 0xed0, 0xf20, 0x1040, 0x1090, 0x17e0, 0x1810, 0x1946, 0x19d0, 0x1a80, 0x1a90,
-    0x1b50, 0x1bb0, 0x1c40, 0x1c50, 0xa620, 0xa8d0, 0xa900, 0xa9d0, 0xa9f0, 0xaa50, 0xabf0, 0xff10,
-    0x104a0, 0x10d30, 0x11066, 0x110f0, 0x11136, 0x111d0, 0x112f0, 0x11450, 0x114d0, 0x11650,
-    0x116c0, 0x11730, 0x118e0, 0x11950, 0x11c50, 0x11d50, 0x11da0, 0x16a60, 0x16ac0, 0x16b50,
-    0x1d7ce, 0x1d7d8, 0x1d7e2, 0x1d7ec, 0x1d7f6, 0x1e140, 0x1e2f0, 0x1e950, 0x1fbf0,
-];
-
-/// The value of a decimal digit in any script.
-pub(crate) fn digit_value(c: char) -> Option<u8> {
-    if c.is_ascii_digit() {
-        return Some(c as u8 - b'0');
-    }
-    let cp = c as u32;
-    if cp < 0x660 {
-        return None;
-    }
-    let idx = DIGIT_ZEROS.partition_point(|&z| z <= cp);
-    let zero = DIGIT_ZEROS[idx.checked_sub(1)?];
-    // `cp - zero` is below 10 here, so the cast cannot truncate.
-    (cp - zero < 10).then(|| (cp - zero) as u8)
-}
-
-/// Spaces, dashes and line breaks, ASCII or not.
-fn is_visible_separator(c: char) -> bool {
-    matches!(
-        c,
-        ' ' | '-'
-            | '\t'
-            | '\n'
-            | '\r'
-            | '\u{A0}'
-            | '\u{1680}'
-            | '\u{2000}'..='\u{200A}'
-            | '\u{2010}'..='\u{2015}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{202F}'
-            | '\u{205F}'
-            | '\u{2212}'
-            | '\u{2E3A}'
-            | '\u{2E3B}'
-            | '\u{3000}'
-            | '\u{FE58}'
-            | '\u{FE63}'
-            | '\u{FF0D}'
-    )
-}
-
-/// Characters that render as nothing (format characters, bidi controls,
-/// variation selectors, combining marks): they may sit anywhere in a number.
-pub(crate) fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{AD}'
-            | '\u{300}'..='\u{36F}'
-            | '\u{61C}'
-            | '\u{180E}'
-            | '\u{1AB0}'..='\u{1AFF}'
-            | '\u{1DC0}'..='\u{1DFF}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{20D0}'..='\u{20FF}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FE20}'..='\u{FE2F}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-            | '\u{E0000}'..='\u{E007F}'
-            | '\u{E0100}'..='\u{E01EF}'
-    )
-}
-
-/// The Luhn checksum over digits given most significant first.
-pub fn luhn(digits: impl DoubleEndedIterator<Item = u32>) -> bool {
-    let mut sum = 0;
-    for (k, d) in digits.rev().enumerate() {
-        let d = if k % 2 == 1 {
-            let x = d * 2;
-            if x > 9 {
-                x - 9
-            } else {
-                x
-            }
-        } else {
-            d
-        };
-        sum += d;
-    }
-    sum % 10 == 0
-}
-
-// ---------------------------------------------------------------------------
-// Everything else: redact_all and violations.
-
-/// Replaces card numbers, CVV and expiry dates, emails, phone numbers, IBANs,
-/// bearer tokens, API keys and secrets in `s` with `[REDACTED:KIND]` masks;
-/// borrows when there is nothing to mask.
-///
-/// Key-value secrets keep their key (`password=[REDACTED:SECRET]`), so the text
-/// still reads. The result never has [`violations`]: masking can join text into
-/// a new match, so this repeats until nothing matches, and after a few passes
-/// (never seen) withholds the whole text as [`ALL_MASK`].
-pub fn redact_all(s: &str) -> Cow<'_, str> {
-    let mut out: Cow<'_, str> = Cow::Borrowed(s);
-    for _ in 0..4 {
-        let spans = find_all(&out);
-        if spans.is_empty() {
-            return out;
-        }
-        out = Cow::Owned(apply(&out, &spans));
-    }
-    if find_all(&out).is_empty() {
-        out
-    } else {
-        Cow::Borrowed(ALL_MASK)
-    }
-}
-
-/// Names (from [`PATTERNS`]) of every pattern that matches in `s`, in the order
-/// of [`PATTERNS`]; empty when `s` is safe to send.
-pub fn violations(s: &str) -> Vec<&'static str> {
-    let mut kinds: Vec<Kind> = find_all(s).into_iter().map(|(_, k)| k).collect();
-    kinds.sort();
-    kinds.dedup();
-    kinds.into_iter().map(Kind::name).collect()
-}
+use super::pan::find_card_numbers;
+use super::{PAN_MASK, PATTERNS};
 
 /// What a span holds. The order is priority when spans overlap, and the order of
 /// [`PATTERNS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
+pub(super) enum Kind {
     Pan,
     Cvv,
     Expiry,
@@ -366,7 +31,7 @@ enum Kind {
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         PATTERNS[self as usize]
     }
 
@@ -545,7 +210,13 @@ static COMPILED: LazyLock<Compiled> = LazyLock::new(|| {
 });
 
 /// Every sensitive span in `s`, merged where they overlap, in order.
-fn find_all(s: &str) -> Vec<(Range<usize>, Kind)> {
+pub(super) fn find_all(s: &str) -> Vec<(Range<usize>, Kind)> {
+    merge(find_spans(s))
+}
+
+/// Every sensitive span in `s`, as found: overlapping spans of different
+/// kinds are all there (a Slack token's digits can pass the Luhn check).
+pub(super) fn find_spans(s: &str) -> Vec<(Range<usize>, Kind)> {
     let mut spans: Vec<(Range<usize>, Kind)> = find_card_numbers(s)
         .into_iter()
         .map(|(a, b)| (a..b, Kind::Pan))
@@ -579,19 +250,24 @@ fn find_all(s: &str) -> Vec<(Range<usize>, Kind)> {
             }
         }
     }
-    merge(spans)
+    spans
 }
 
-/// Sorts spans and merges overlapping ones; a merged span takes the kind with
-/// the highest priority (card numbers first).
+/// Sorts spans and merges overlapping ones; a merged span takes the kind of the
+/// outermost span, or the highest priority (card numbers first) when spans
+/// only overlap.
 fn merge(mut spans: Vec<(Range<usize>, Kind)>) -> Vec<(Range<usize>, Kind)> {
     spans.sort_by_key(|(r, k)| (r.start, std::cmp::Reverse(r.end), *k));
     let mut out: Vec<(Range<usize>, Kind)> = Vec::with_capacity(spans.len());
     for (range, kind) in spans {
         match out.last_mut() {
             Some((last, last_kind)) if range.start < last.end => {
+                // A span inside another takes its name (the digits of an IBAN
+                // can pass the Luhn check); overlapping ones take the stronger.
+                if range.end > last.end {
+                    *last_kind = (*last_kind).min(kind);
+                }
                 last.end = last.end.max(range.end);
-                *last_kind = (*last_kind).min(kind);
             }
             _ => out.push((range, kind)),
         }
@@ -599,7 +275,7 @@ fn merge(mut spans: Vec<(Range<usize>, Kind)>) -> Vec<(Range<usize>, Kind)> {
     out
 }
 
-fn apply(s: &str, spans: &[(Range<usize>, Kind)]) -> String {
+pub(super) fn apply(s: &str, spans: &[(Range<usize>, Kind)]) -> String {
     let mut out = String::with_capacity(s.len());
     let mut last = 0;
     for (range, kind) in spans {
@@ -847,105 +523,10 @@ fn secret_value(s: &str, part: Range<usize>) -> Option<Range<usize>> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::super::{redact, redact_all, violations};
     use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn finds_pans_with_and_without_separators() {
-        for s in [
-            "4111111111111111",
-            "4111 1111 1111 1111",
-            "4111-1111-1111-1111",
-            "card=5500005555555559;",
-            "x378282246310005y",
-            "6011000990139424",
-        ] {
-            assert!(contains_card_number(s), "{s}");
-            assert!(!redact(s).contains("1111 1111"), "{s}");
-        }
-    }
-
-    #[test]
-    fn epoch_milliseconds_are_not_card_numbers() {
-        // 1795626805000 passes Luhn; it is a timestamp in a dashboard link.
-        assert!(luhn("1795626805000".bytes().map(|b| u32::from(b - b'0'))));
-        assert_eq!(
-            redact("from=1795625595000&to=1795626805000"),
-            "from=1795625595000&to=1795626805000"
-        );
-        assert!(contains_card_number("4222222222222"));
-    }
-
-    #[test]
-    fn leaves_other_numbers_alone() {
-        for s in [
-            "414720",
-            "order 1234567890123 failed",
-            "2026-03-02 00:20:41",
-            "4111111111111112",
-        ] {
-            assert!(!contains_card_number(s), "{s}");
-            assert_eq!(redact(s), s);
-        }
-    }
-
-    #[test]
-    fn redacts_in_place() {
-        assert_eq!(
-            redact("pan 4111111111111111 end"),
-            format!("pan {PAN_MASK} end")
-        );
-    }
-
-    #[test]
-    fn finds_pans_behind_unicode_tricks() {
-        for s in [
-            "4111\u{A0}1111\u{A0}1111\u{A0}1111",
-            "4111\u{200B}1111\u{200B}1111\u{200B}1111",
-            "4\u{200D}1\u{200D}1\u{200D}1111111111111",
-            "4111\u{2013}1111\u{2013}1111\u{2013}1111",
-            "4111 - 1111 - 1111 - 1111",
-            "4111\n1111\n1111\n1111",
-            "\u{FF14}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}\u{FF11}",
-            "\u{664}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}\u{661}",
-            "4\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}11111111111111",
-            "\u{202E}4111111111111111\u{202C}",
-        ] {
-            assert!(contains_card_number(s), "{s:?}");
-            let r = redact(s);
-            assert!(r.contains(PAN_MASK), "{r:?}");
-        }
-        // Four visible separators in a row end the run.
-        assert!(!contains_card_number("4111 -  - 1111 1111 1111"));
-    }
-
-    #[test]
-    fn pan_glued_to_long_digit_runs_is_found() {
-        let s = "000000004111111111111111";
-        assert!(contains_card_number(s));
-        assert!(!redact(s).contains("4111111111111111"));
-    }
-
-    #[test]
-    fn many_single_digit_groups_are_linear() {
-        // Used to be quadratic in the number of groups.
-        let s = "1 ".repeat(200_000);
-        let _ = redact(&s);
-    }
-
-    #[test]
-    fn digit_table_matches_unicode() {
-        for zero in DIGIT_ZEROS {
-            for k in 0..10 {
-                let c = char::from_u32(zero + k).unwrap();
-                assert!(c.is_numeric(), "{c:?}");
-                assert_eq!(digit_value(c), Some(k as u8));
-            }
-        }
-        assert_eq!(digit_value('a'), None);
-        assert_eq!(digit_value('\u{65F}'), None);
-    }
+    use std::borrow::Cow;
 
     fn assert_redacts(kind: &str, s: &str, gone: &str) {
         let v = violations(s);
@@ -1079,9 +660,10 @@ pub(crate) mod tests {
             redact_all("DE89 3704 0044 0532 0130 00 EUR"),
             "[REDACTED:IBAN] EUR"
         );
+        // Bad check digits: not an IBAN (its 20 digits hold a Luhn-valid
+        // window, so the card scanner masks them anyway).
+        assert!(!violations("DE88 3704 0044 0532 0130 00").contains(&"iban"));
         for s in [
-            // Bad check digits.
-            "DE88 3704 0044 0532 0130 00",
             "AB12CDEFGHIJKLMNOP",
             "ORDER12345678901234",
             "de12f3a9b4c5d6e7f8091a2b3c4d5e6f",
@@ -1210,87 +792,5 @@ pub(crate) mod tests {
     fn pattern_names_match_kinds() {
         assert_eq!(Kind::PrivateKey as usize + 1, PATTERNS.len());
         assert_eq!(Kind::Iban.name(), "iban");
-    }
-
-    fn fragment() -> impl Strategy<Value = String> {
-        prop_oneof![
-            "[ -~]{0,12}",
-            Just("4111 1111 1111 1111".to_string()),
-            Just("5500-0055-5555-5559".to_string()),
-            Just("cvv ".to_string()),
-            Just("exp ".to_string()),
-            Just("12/27".to_string()),
-            Just("password=".to_string()),
-            Just("token: ".to_string()),
-            Just("[REDACTED:SECRET]".to_string()),
-            Just("Bearer ".to_string()),
-            Just("@".to_string()),
-            Just("+44 ".to_string()),
-            Just("DE89 3704 0044 0532 0130 00".to_string()),
-            Just("sk_live_".to_string()),
-            Just("eyJ".to_string()),
-            "[0-9]{1,5}",
-            "[a-z]{1,8}",
-            Just("\u{200B}".to_string()),
-            Just("\u{FF14}".to_string()),
-            Just("é".to_string()),
-        ]
-    }
-
-    proptest! {
-        #[test]
-        fn redact_all_leaves_no_violations(parts in proptest::collection::vec(fragment(), 0..24)) {
-            let s: String = parts.concat();
-            let r = redact_all(&s);
-            prop_assert!(violations(&r).is_empty(), "{:?} -> {:?}: {:?}", s, r, violations(&r));
-            prop_assert!(!contains_card_number(&r));
-        }
-
-        #[test]
-        fn redact_is_idempotent_and_never_panics(s in "\\PC{0,200}") {
-            let once = redact(&s).into_owned();
-            prop_assert!(!contains_card_number(&once));
-            prop_assert_eq!(redact(&once), once.as_str());
-            let all = redact_all(&s);
-            prop_assert!(violations(&all).is_empty());
-        }
-
-        #[test]
-        fn any_luhn_pan_is_masked(pan in crate::redact::tests::pan_strategy(), sep in "[ -]?") {
-            let formatted: String = pan
-                .chars()
-                .enumerate()
-                .flat_map(|(i, c)| {
-                    let sep = if i > 0 && i % 4 == 0 { sep.clone() } else { String::new() };
-                    sep.chars().chain(std::iter::once(c)).collect::<Vec<_>>()
-                })
-                .collect();
-            let text = format!("ref {formatted} end");
-            prop_assert!(contains_card_number(&text));
-            prop_assert!(!redact(&text).contains(&pan));
-            prop_assert!(!redact_all(&text).contains(&formatted));
-        }
-    }
-
-    /// Random Luhn-valid card numbers of 13 to 19 digits (13-digit ones do not
-    /// start with 1, see [`plausible`]).
-    pub(crate) fn pan_strategy() -> impl Strategy<Value = String> {
-        (13usize..=19)
-            .prop_flat_map(|len| proptest::collection::vec(0u32..10, len - 1))
-            .prop_map(|mut body| {
-                if body.len() == 12 && body[0] == 1 {
-                    body[0] = 4;
-                }
-                body
-            })
-            .prop_map(|body| {
-                let check = (0..10)
-                    .find(|&d| luhn(body.iter().copied().chain(std::iter::once(d))))
-                    .unwrap_or(0);
-                body.iter()
-                    .chain(std::iter::once(&check))
-                    .map(|d| char::from(b'0' + *d as u8))
-                    .collect()
-            })
     }
 }
