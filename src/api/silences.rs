@@ -105,7 +105,7 @@ impl NewSilence {
             )));
         }
         Ok(Silence {
-            id: format!("sil_{:016x}", rand::random::<u64>()),
+            id: crate::api::silences::new_silence_id(),
             matchers: self.matchers,
             starts_at,
             ends_at: self.ends_at,
@@ -202,5 +202,16 @@ pub(super) async fn delete(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("silence"))
+    }
+}
+
+/// A fresh silence id: random hex, drawn again when its digits could read as a
+/// card number (redaction would mask it in every answer).
+pub(crate) fn new_silence_id() -> String {
+    loop {
+        let id = format!("sil_{:016x}", rand::random::<u64>());
+        if !crate::redact::has_long_digit_run(&id) {
+            return id;
+        }
     }
 }

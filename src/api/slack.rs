@@ -230,7 +230,7 @@ async fn silence(state: &AppState, id: &str, by: &str) -> Result<Option<&'static
     });
     if !covered {
         let silence = Silence {
-            id: format!("sil_{:016x}", rand::random::<u64>()),
+            id: crate::api::silences::new_silence_id(),
             matchers,
             starts_at: now,
             ends_at: now + Duration::hours(1),
