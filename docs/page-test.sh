@@ -35,6 +35,10 @@ done
 python3 docs/screenshots.py "$base" "$token" "$out"
 if [ -n "${SCHEMATHESIS:-}" ]; then
   # From inside $out: schemathesis keeps a .schemathesis/ folder in its working directory.
+  # filter_too_much: the Slack route's two required string headers make
+  # Hypothesis discard many drawn values it cannot send (NUL, non-ASCII), and
+  # on some seeds it stopped with a health check, not with a finding.
   (cd "$out" && "$SCHEMATHESIS" run "$base/openapi.json" -H "Authorization: Bearer $token" \
-    --max-examples 30 --checks all --exclude-checks positive_data_acceptance --no-color)
+    --max-examples 30 --checks all --exclude-checks positive_data_acceptance --no-color \
+    --suppress-health-check=filter_too_much)
 fi
